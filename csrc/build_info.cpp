@@ -1,0 +1,32 @@
+// What this library was compiled with, reported as JSON by the build_info op.
+#include "relative_offset_projection.h"
+
+#include <sstream>
+
+#ifndef TRANSLUTION_EXT_TORCH_VERSION
+#define TRANSLUTION_EXT_TORCH_VERSION "unknown"
+#endif
+#ifndef TRANSLUTION_EXT_CUDA_ARCHS
+#define TRANSLUTION_EXT_CUDA_ARCHS ""
+#endif
+
+namespace translution_ext {
+
+#ifdef TRANSLUTION_EXT_WITH_CUDA
+int cuda_runtime_version();  // defined in cuda/cuda_info.cu
+#endif
+
+std::string build_info_json() {
+  std::ostringstream s;
+  s << "{\"torch_version\": \"" << TRANSLUTION_EXT_TORCH_VERSION << "\", \"cpu\": true, ";
+#ifdef TRANSLUTION_EXT_WITH_CUDA
+  const int v = cuda_runtime_version();
+  s << "\"cuda\": true, \"cuda_version\": \"" << v / 1000 << "." << (v % 1000) / 10 << "\", ";
+#else
+  s << "\"cuda\": false, \"cuda_version\": null, ";
+#endif
+  s << "\"cuda_archs\": \"" << TRANSLUTION_EXT_CUDA_ARCHS << "\"}";
+  return s.str();
+}
+
+}  // namespace translution_ext

@@ -1,0 +1,176 @@
+// Op schemas, device-independent argument checks and the pair plan.
+#include "relative_offset_projection.h"
+
+#include <torch/library.h>
+
+#include <sstream>
+
+namespace translution_ext {
+
+namespace {
+
+std::string shape_str(const at::Tensor& t) {
+  std::ostringstream s;
+  s << "(";
+  for (int64_t d = 0; d < t.dim(); ++d) s << (d ? ", " : "") << t.size(d);
+  s << (t.dim() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+at::Tensor exclusive_cumsum(const at::Tensor& counts) {
+  return at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});
+}
+
+}  // namespace
+
+ProjectionSide parse_side(c10::string_view side) {
+  if (side == "key") return ProjectionSide::Key;
+  if (side == "query") return ProjectionSide::Query;
+  TORCH_CHECK_VALUE(false, "relative_offset_projection: side must be 'key' or 'query', got '",
+              std::string(side), "'");
+}
+
+namespace {
+
+constexpr const char* kOp = "relative_offset_projection: ";
+
+void check_dtype(const at::Tensor& t, const char* name, at::ScalarType expected) {
+  TORCH_CHECK_TYPE(t.scalar_type() == expected, kOp, name, " must have the same dtype as ",
+                   "the other floating-point inputs (", expected, "), got ", t.scalar_type());
+}
+
+void check_device(const at::Tensor& t, const char* name, const at::Tensor& ref,
+                  const char* ref_name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), kOp, name, " must be on the same device as ",
+                    ref_name, " (", ref.device(), "), got ", t.device());
+}
+
+void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), kOp, name,
+                   " must have dtype float16, bfloat16, float32 or float64, got ",
+                   t.scalar_type());
+}
+
+void check_index(const at::Tensor& index, const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK_VALUE(index.dim() == 2, kOp, "index must be a 2-D tensor (Nq, Nk), got shape ",
+                    shape_str(index));
+  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong || index.scalar_type() == at::kInt, kOp,
+                   "index must have dtype int64 or int32, got ", index.scalar_type());
+  check_device(index, "index", ref, ref_name);
+}
+
+// x: (B, N, C) with N matching the index's source side.
+void check_x(const at::Tensor& x, const at::Tensor& index, ProjectionSide side) {
+  TORCH_CHECK_VALUE(x.dim() == 3, kOp, "x must be a 3-D tensor (B, N, C), got shape ",
+                    shape_str(x));
+  const bool key = side == ProjectionSide::Key;
+  TORCH_CHECK_VALUE(num_source_tokens(index, side) == x.size(1), kOp,
+                    "index must have shape (Nq, Nk) with ", key ? "Nk" : "Nq",
+                    " == x.size(1) == ", x.size(1), " for side='", key ? "key" : "query",
+                    "', got ", shape_str(index));
+}
+
+void check_weight(const at::Tensor& weight) {
+  TORCH_CHECK_VALUE(weight.dim() == 3, kOp, "weight must be a 3-D tensor (R, C, D), got shape ",
+                    shape_str(weight));
+  TORCH_CHECK_VALUE(weight.size(0) > 0, kOp,
+                    "weight must have at least one offset class (R > 0), got shape ",
+                    shape_str(weight));
+}
+
+void check_grad_out(const at::Tensor& grad_out, const at::Tensor& index) {
+  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(1) == index.size(0) &&
+                        grad_out.size(2) == index.size(1),
+                    kOp, "grad_out must be a 4-D tensor (B, Nq, Nk, D) with (Nq, Nk) == (",
+                    index.size(0), ", ", index.size(1), "), got shape ", shape_str(grad_out));
+}
+
+}  // namespace
+
+void check_forward_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& index,
+                        ProjectionSide side) {
+  check_float(x, "x");
+  check_dtype(weight, "weight", x.scalar_type());
+  check_device(weight, "weight", x, "x");
+  check_index(index, x, "x");
+  check_weight(weight);
+  check_x(x, index, side);
+  TORCH_CHECK_VALUE(weight.size(1) == x.size(2), kOp,
+                    "weight must have shape (R, C, D) with C == x.size(-1) == ", x.size(2),
+                    ", got ", shape_str(weight));
+}
+
+void check_grad_x_args(const at::Tensor& grad_out, const at::Tensor& weight,
+                       const at::Tensor& index, ProjectionSide side) {
+  check_float(grad_out, "grad_out");
+  check_dtype(weight, "weight", grad_out.scalar_type());
+  check_device(weight, "weight", grad_out, "grad_out");
+  check_index(index, grad_out, "grad_out");
+  check_weight(weight);
+  check_grad_out(grad_out, index);
+  TORCH_CHECK_VALUE(grad_out.size(3) == weight.size(2), kOp,
+                    "grad_out must have D == weight.size(2) == ", weight.size(2), ", got shape ",
+                    shape_str(grad_out));
+}
+
+void check_grad_weight_args(const at::Tensor& grad_out, const at::Tensor& x,
+                            const at::Tensor& index, ProjectionSide side, int64_t num_classes) {
+  check_float(grad_out, "grad_out");
+  check_dtype(x, "x", grad_out.scalar_type());
+  check_device(x, "x", grad_out, "grad_out");
+  check_index(index, grad_out, "grad_out");
+  check_x(x, index, side);
+  check_grad_out(grad_out, index);
+  TORCH_CHECK_VALUE(grad_out.size(0) == x.size(0), kOp,
+                    "grad_out must have B == x.size(0) == ", x.size(0), ", got shape ",
+                    shape_str(grad_out));
+  TORCH_CHECK_VALUE(num_classes > 0, kOp, "num_classes must be positive, got ", num_classes);
+}
+
+void check_index_range(const at::Tensor& index, int64_t num_classes) {
+  if (index.numel() == 0) return;
+  auto [lo, hi] = at::aminmax(index);
+  const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
+  TORCH_CHECK_VALUE(lo_v >= 0 && hi_v < num_classes,
+              "relative_offset_projection: index values must lie in [0, R) with R = "
+              "weight.size(0) == ",
+              num_classes, ", got min ", lo_v, " and max ", hi_v);
+}
+
+PairPlan build_pair_plan(const at::Tensor& index, int64_t num_classes, ProjectionSide side,
+                         int64_t src_block) {
+  const int64_t nq = index.size(0), nk = index.size(1);
+  const int64_t nsrc = num_source_tokens(index, side);
+  PairPlan plan;
+  plan.pair_class = index.reshape({-1}).to(at::kLong).contiguous();
+  const at::Tensor pair = at::arange(nq * nk, plan.pair_class.options());
+  const at::Tensor src = side == ProjectionSide::Key ? pair.remainder(nk)
+                                                     : pair.div(nk, "floor");
+  plan.by_class = at::argsort(plan.pair_class, /*stable=*/true);
+  plan.class_offsets =
+      exclusive_cumsum(at::bincount(plan.pair_class, /*weights=*/{}, num_classes));
+  if (src_block <= 0) return plan;  // the caller needs only the class grouping
+  const at::Tensor block = src.div(src_block, "floor");
+  plan.by_src = at::argsort((block * num_classes + plan.pair_class) * nsrc + src, /*stable=*/true);
+  plan.src_offsets = exclusive_cumsum(at::bincount(src, /*weights=*/{}, nsrc));
+  return plan;
+}
+
+}  // namespace translution_ext
+
+TORCH_LIBRARY(translution_ext, m) {
+  m.def(
+      "relative_offset_projection(Tensor x, Tensor weight, Tensor index, str side=\"key\") "
+      "-> Tensor");
+  m.def(
+      "relative_offset_projection_grad_x(Tensor grad_out, Tensor weight, Tensor index, "
+      "str side) -> Tensor");
+  m.def(
+      "relative_offset_projection_grad_weight(Tensor grad_out, Tensor x, Tensor index, "
+      "str side, int num_classes) -> Tensor");
+  m.def("build_info() -> str", &translution_ext::build_info_json);
+}

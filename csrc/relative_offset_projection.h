@@ -1,0 +1,66 @@
+// Relative-offset projection: shared declarations for every backend.
+//
+//   side == Key:   out[b, i, j, :] = x[b, j, :] @ weight[index[i, j]]
+//   side == Query: out[b, i, j, :] = x[b, i, :] @ weight[index[i, j]]
+//
+// x: (B, N, C), weight: (R, C, D), index: (Nq, Nk) int32/int64 in [0, R),
+// out: (B, Nq, Nk, D).  The "source token" of pair (i, j) is the row of x it
+// reads: j for the key side, i for the query side.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/string_view.h>
+
+namespace translution_ext {
+
+enum class ProjectionSide { Key, Query };
+
+// Parses "key" / "query"; anything else is an error naming `side`.
+ProjectionSide parse_side(c10::string_view side);
+
+// Shape, dtype and device checks, one per op (no device sync).  Errors name
+// the argument and the expected value; they surface in Python as ValueError
+// (shape, device, value) or TypeError (dtype).
+void check_forward_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& index,
+                        ProjectionSide side);
+// grad_out: (B, Nq, Nk, D); weight: (R, C, D).  Returns grad_x: (B, N, C).
+void check_grad_x_args(const at::Tensor& grad_out, const at::Tensor& weight,
+                       const at::Tensor& index, ProjectionSide side);
+// grad_out: (B, Nq, Nk, D); x: (B, N, C).  Returns grad_weight: (R, C, D).
+void check_grad_weight_args(const at::Tensor& grad_out, const at::Tensor& x,
+                            const at::Tensor& index, ProjectionSide side, int64_t num_classes);
+
+// Checks 0 <= index < num_classes (reads the index: one device sync on GPU).
+void check_index_range(const at::Tensor& index, int64_t num_classes);
+
+// Pairs (i, j), flattened as p = i * Nk + j, grouped two ways.  Built with
+// ATen ops, so the same code plans for CPU and CUDA.
+struct PairPlan {
+  // Pairs of class r: by_class[class_offsets[r] : class_offsets[r + 1]],
+  // in increasing pair order.  class_offsets: (R + 1,), by_class: (P,) int64.
+  at::Tensor class_offsets;
+  at::Tensor by_class;
+  // Pairs sorted by (source block, class, source token, pair), where a
+  // source block is `src_block` consecutive source tokens.  Pairs whose
+  // source token is s start at by_src[src_offsets[s]] only when src_block
+  // is 1; in general src_offsets[s0] for s0 a multiple of src_block marks
+  // the start of a block.  src_offsets: (Nsrc + 1,), by_src: (P,) int64.
+  // Left undefined when the plan is built with src_block == 0.
+  at::Tensor src_offsets;
+  at::Tensor by_src;
+  // Class of every pair, flattened index: (P,) int64.
+  at::Tensor pair_class;
+};
+
+PairPlan build_pair_plan(const at::Tensor& index, int64_t num_classes,
+                         ProjectionSide side, int64_t src_block);
+
+// Number of source tokens: Nk for the key side, Nq for the query side.
+inline int64_t num_source_tokens(const at::Tensor& index, ProjectionSide side) {
+  return side == ProjectionSide::Key ? index.size(1) : index.size(0);
+}
+
+// JSON string describing what this library was compiled with.
+std::string build_info_json();
+
+}  // namespace translution_ext

@@ -1,0 +1,21 @@
+"""translution_ext: Translution, ACmix and X-volution as accelerated PyTorch ops.
+
+``translution_ext.ops`` holds the operators (native CPU/CUDA kernels with a
+pure-PyTorch fallback); ``translution_ext.indexing`` builds the offset index
+maps of the Translution layouts.
+"""
+from ._native import build_info, has_native
+from . import indexing, ops, reference
+from .indexing import RelativeIndex
+from .ops import relative_offset_projection
+
+__all__ = [
+    "RelativeIndex",
+    "build_info",
+    "has_native",
+    "indexing",
+    "ops",
+    "reference",
+    "relative_offset_projection",
+]
+__version__ = "0.1.0"

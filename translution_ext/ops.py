@@ -1,0 +1,146 @@
+"""Operators of translution_ext.
+
+Every op runs the native kernel registered for the input's device when the
+compiled library provides one, and the pure-PyTorch reference otherwise.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _native
+from .reference import relative_offset_projection_by_class
+
+__all__ = ["relative_offset_projection"]
+
+_SIDES = ("key", "query")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INDEX_DTYPES = (torch.int64, torch.int32)
+_OP = "relative_offset_projection: "
+
+
+def _check_args(x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, side: str) -> None:
+    """Shape, dtype and device checks (the same rules and words as the C++ checks)."""
+    if side not in _SIDES:
+        raise ValueError(f"{_OP}side must be 'key' or 'query', got {side!r}")
+    for name, t in (("x", x), ("weight", weight), ("index", index)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{_OP}{name} must be a torch.Tensor, got {type(t).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{_OP}x must have dtype float16, bfloat16, float32 or float64, got {x.dtype}")
+    if weight.dtype != x.dtype:
+        raise TypeError(
+            f"{_OP}weight must have the same dtype as the other floating-point inputs ({x.dtype}), "
+            f"got {weight.dtype}"
+        )
+    if weight.device != x.device:
+        raise ValueError(f"{_OP}weight must be on the same device as x ({x.device}), got {weight.device}")
+    if index.dim() != 2:
+        raise ValueError(f"{_OP}index must be a 2-D tensor (Nq, Nk), got shape {tuple(index.shape)}")
+    if index.dtype not in _INDEX_DTYPES:
+        raise TypeError(f"{_OP}index must have dtype int64 or int32, got {index.dtype}")
+    if index.device != x.device:
+        raise ValueError(f"{_OP}index must be on the same device as x ({x.device}), got {index.device}")
+    if weight.dim() != 3:
+        raise ValueError(f"{_OP}weight must be a 3-D tensor (R, C, D), got shape {tuple(weight.shape)}")
+    if weight.shape[0] == 0:
+        raise ValueError(
+            f"{_OP}weight must have at least one offset class (R > 0), got shape {tuple(weight.shape)}"
+        )
+    if x.dim() != 3:
+        raise ValueError(f"{_OP}x must be a 3-D tensor (B, N, C), got shape {tuple(x.shape)}")
+    n_name, n_index = ("Nk", index.shape[1]) if side == "key" else ("Nq", index.shape[0])
+    if n_index != x.shape[1]:
+        raise ValueError(
+            f"{_OP}index must have shape (Nq, Nk) with {n_name} == x.size(1) == {x.shape[1]} for "
+            f"side='{side}', got {tuple(index.shape)}"
+        )
+    if weight.shape[1] != x.shape[2]:
+        raise ValueError(
+            f"{_OP}weight must have shape (R, C, D) with C == x.size(-1) == {x.shape[2]}, got "
+            f"{tuple(weight.shape)}"
+        )
+
+
+def _check_index_range(index: torch.Tensor, num_classes: int) -> None:
+    if index.numel() == 0:
+        return
+    lo, hi = (int(v) for v in torch.aminmax(index))
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"{_OP}index values must lie in [0, R) with R = weight.size(0) == {num_classes}, "
+            f"got min {lo} and max {hi}"
+        )
+
+
+def relative_offset_projection(
+    x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, side: str = "key"
+) -> torch.Tensor:
+    """Projects every token pair with the weight matrix of its offset class.
+
+    ``side="key"``:   ``out[b, i, j, :] = x[b, j, :] @ weight[index[i, j]]``
+    ``side="query"``: ``out[b, i, j, :] = x[b, i, :] @ weight[index[i, j]]``
+
+    Args:
+        x: (B, N, C) float16/bfloat16/float32/float64 tokens.
+        weight: (R, C, D), one C×D matrix per offset class, same dtype and device as x.
+        index: (Nq, Nk) int64/int32 offset classes in [0, R); N == Nk for the key
+            side, N == Nq for the query side.  Not differentiable.  Build it with
+            :mod:`translution_ext.indexing`.
+        side: "key" (k and v of Translution) or "query" (q).
+
+    Returns:
+        (B, Nq, Nk, D).  Differentiable in x and weight.  The (Nq, Nk, C, D)
+        gathered weight tensor is never built.
+    """
+    if _native.has_kernel("relative_offset_projection", x.device.type) and side in _SIDES:
+        return torch.ops.translution_ext.relative_offset_projection(x, weight, index, side)
+    _check_args(x, weight, index, side)
+    _check_index_range(index, weight.shape[0])
+    return relative_offset_projection_by_class(x, weight, index, side)
+
+
+def _register_native() -> None:
+    """Fake kernels (torch.compile) and autograd for the native ops."""
+    lib = "translution_ext::"
+
+    @torch.library.register_fake(lib + "relative_offset_projection")
+    def _(x, weight, index, side="key"):
+        _check_args(x, weight, index, side)
+        return x.new_empty((x.shape[0], index.shape[0], index.shape[1], weight.shape[2]))
+
+    @torch.library.register_fake(lib + "relative_offset_projection_grad_x")
+    def _(grad_out, weight, index, side):
+        n = index.shape[1] if side == "key" else index.shape[0]
+        torch._check(grad_out.dim() == 4, lambda: f"{_OP}grad_out must be a 4-D tensor")
+        return grad_out.new_empty((grad_out.shape[0], n, weight.shape[1]))
+
+    @torch.library.register_fake(lib + "relative_offset_projection_grad_weight")
+    def _(grad_out, x, index, side, num_classes):
+        torch._check(grad_out.dim() == 4, lambda: f"{_OP}grad_out must be a 4-D tensor")
+        return grad_out.new_empty((num_classes, x.shape[2], grad_out.shape[3]))
+
+    def setup_context(ctx, inputs, output):
+        x, weight, index, side = inputs
+        ctx.side = side
+        ctx.num_classes = weight.shape[0]
+        needs_x, needs_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # grad_x needs the weight, grad_weight needs x: keep only what is needed.
+        ctx.save_for_backward(x if needs_w else None, weight if needs_x else None, index)
+
+    def backward(ctx, grad):
+        x, weight, index = ctx.saved_tensors
+        ops = torch.ops.translution_ext
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = ops.relative_offset_projection_grad_x(grad, weight, index, ctx.side)
+        if ctx.needs_input_grad[1]:
+            grad_w = ops.relative_offset_projection_grad_weight(grad, x, index, ctx.side, ctx.num_classes)
+        return grad_x, grad_w, None, None
+
+    torch.library.register_autograd(
+        lib + "relative_offset_projection", backward, setup_context=setup_context
+    )
+
+
+if _native.has_native():
+    _register_native()
