@@ -141,6 +141,51 @@ void check_index_range(const at::Tensor& index, int64_t num_classes) {
               num_classes, ", got min ", lo_v, " and max ", hi_v);
 }
 
+namespace {
+
+Geometry make_geometry(const at::Tensor& index, ProjectionSide side, int64_t B, int64_t C,
+                       int64_t D, int64_t R) {
+  return Geometry{B, num_source_tokens(index, side), C, D, index.size(0), index.size(1), R,
+                  side == ProjectionSide::Key};
+}
+
+}  // namespace
+
+Problem prepare_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& index,
+                        c10::string_view side_name) {
+  const ProjectionSide side = parse_side(side_name);
+  check_forward_args(x, weight, index, side);
+  check_index_range(index, weight.size(0));
+  const Geometry g =
+      make_geometry(index, side, x.size(0), x.size(2), weight.size(2), weight.size(0));
+  at::Tensor out = at::empty({g.B, g.Nq, g.Nk, g.D}, x.options());
+  if (out.numel() > 0 && g.C == 0) out.zero_();
+  return Problem{side, g, out, out.numel() == 0 || g.C == 0};
+}
+
+Problem prepare_grad_x(const at::Tensor& grad_out, const at::Tensor& weight,
+                       const at::Tensor& index, c10::string_view side_name) {
+  const ProjectionSide side = parse_side(side_name);
+  check_grad_x_args(grad_out, weight, index, side);
+  check_index_range(index, weight.size(0));
+  const Geometry g = make_geometry(index, side, grad_out.size(0), weight.size(1),
+                                   weight.size(2), weight.size(0));
+  at::Tensor grad_x = at::zeros({g.B, g.Ns, g.C}, grad_out.options());
+  return Problem{side, g, grad_x, grad_out.numel() == 0 || grad_x.numel() == 0};
+}
+
+Problem prepare_grad_weight(const at::Tensor& grad_out, const at::Tensor& x,
+                            const at::Tensor& index, c10::string_view side_name,
+                            int64_t num_classes) {
+  const ProjectionSide side = parse_side(side_name);
+  check_grad_weight_args(grad_out, x, index, side, num_classes);
+  check_index_range(index, num_classes);
+  const Geometry g =
+      make_geometry(index, side, x.size(0), x.size(2), grad_out.size(3), num_classes);
+  at::Tensor grad_weight = at::zeros({g.R, g.C, g.D}, grad_out.options());
+  return Problem{side, g, grad_weight, grad_out.numel() == 0 || grad_weight.numel() == 0};
+}
+
 PairPlan build_pair_plan(const at::Tensor& index, int64_t num_classes, ProjectionSide side,
                          int64_t src_block) {
   const int64_t nq = index.size(0), nk = index.size(1);

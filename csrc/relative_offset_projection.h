@@ -9,6 +9,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/macros/Macros.h>
 #include <c10/util/string_view.h>
 
 namespace translution_ext {
@@ -59,6 +60,33 @@ PairPlan build_pair_plan(const at::Tensor& index, int64_t num_classes,
 inline int64_t num_source_tokens(const at::Tensor& index, ProjectionSide side) {
   return side == ProjectionSide::Key ? index.size(1) : index.size(0);
 }
+
+// Sizes of one problem; passed by value to the kernels.
+struct Geometry {
+  int64_t B, Ns, C, D, Nq, Nk, R;  // Ns: number of source tokens (x.size(1))
+  bool key_side;
+  C10_HOST_DEVICE int64_t pairs() const { return Nq * Nk; }
+  C10_HOST_DEVICE int64_t source_of(int64_t pair) const {
+    return key_side ? pair % Nk : pair / Nk;
+  }
+};
+
+// What every backend does before its kernel: parse `side`, check the
+// arguments (index range included), and allocate the result (forward:
+// uninitialised (B, Nq, Nk, D); grads: zeros).  `trivial` means the result is
+// already final (nothing to compute), so the kernel must not run.
+struct Problem {
+  ProjectionSide side;
+  Geometry g;
+  at::Tensor result;
+  bool trivial;
+};
+Problem prepare_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& index,
+                        c10::string_view side);
+Problem prepare_grad_x(const at::Tensor& grad_out, const at::Tensor& weight,
+                       const at::Tensor& index, c10::string_view side);
+Problem prepare_grad_weight(const at::Tensor& grad_out, const at::Tensor& x,
+                            const at::Tensor& index, c10::string_view side, int64_t num_classes);
 
 // JSON string describing what this library was compiled with.
 std::string build_info_json();

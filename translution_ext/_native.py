@@ -66,14 +66,20 @@ def has_native() -> bool:
     return LOAD_ERROR is None
 
 
-def has_kernel(op: str, device_type: str) -> bool:
-    """True when the native library registers ``translution_ext::op`` for ``device_type``."""
-    if LOAD_ERROR is not None:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        f"translution_ext::{op}", key
-    )
+def _native_device_types() -> frozenset[str]:
+    """Device types for which the library registers every relative-offset-projection op."""
+    if LOAD_ERROR is None:
+        ops = ("relative_offset_projection", "relative_offset_projection_grad_x",
+               "relative_offset_projection_grad_weight")
+        return frozenset(
+            device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+            if all(torch._C._dispatch_has_kernel_for_dispatch_key(f"translution_ext::{op}", key) for op in ops)
+        )
+    return frozenset()
+
+
+# Computed once: a constant that torch.compile can trace through.
+NATIVE_DEVICE_TYPES: frozenset[str] = _native_device_types()
 
 
 def build_info() -> dict[str, Any]:
@@ -88,6 +94,7 @@ def build_info() -> dict[str, Any]:
         "load_error": LOAD_ERROR,
         "torch_runtime": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
+        "native_device_types": sorted(NATIVE_DEVICE_TYPES),
     }
     if LOAD_ERROR is None:
         info.update(json.loads(torch.ops.translution_ext.build_info()))

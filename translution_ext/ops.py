@@ -92,7 +92,7 @@ def relative_offset_projection(
         (B, Nq, Nk, D).  Differentiable in x and weight.  The (Nq, Nk, C, D)
         gathered weight tensor is never built.
     """
-    if _native.has_kernel("relative_offset_projection", x.device.type) and side in _SIDES:
+    if x.device.type in _native.NATIVE_DEVICE_TYPES:
         return torch.ops.translution_ext.relative_offset_projection(x, weight, index, side)
     _check_args(x, weight, index, side)
     _check_index_range(index, weight.shape[0])

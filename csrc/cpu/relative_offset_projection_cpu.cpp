@@ -25,19 +25,6 @@ namespace {
 // Rows per GEMM: a 256 x C tile plus one C x D matrix stay in L2.
 constexpr int64_t kTileRows = 256;
 
-struct Geometry {
-  int64_t B, Ns, C, D, Nq, Nk, R;
-  bool key_side;
-  int64_t pairs() const { return Nq * Nk; }
-  int64_t source_of(int64_t pair) const { return key_side ? pair % Nk : pair / Nk; }
-};
-
-Geometry make_geometry(const at::Tensor& index, ProjectionSide side, int64_t B, int64_t C,
-                       int64_t D, int64_t R) {
-  return Geometry{B, num_source_tokens(index, side), C, D, index.size(0), index.size(1), R,
-                  side == ProjectionSide::Key};
-}
-
 template <typename dst_t, typename src_t>
 inline void copy_row(dst_t* dst, const src_t* src, int64_t n) {
   if constexpr (std::is_same_v<dst_t, src_t>) {
@@ -220,60 +207,44 @@ void grad_x_kernel(const scalar_t* grad_out, const scalar_t* weight, const PairP
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 at::Tensor relproj_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
-                               const at::Tensor& index, c10::string_view side_name) {
-  const ProjectionSide side = parse_side(side_name);
-  check_forward_args(x, weight, index, side);
-  check_index_range(index, weight.size(0));
-  const Geometry g =
-      make_geometry(index, side, x.size(0), x.size(2), weight.size(2), weight.size(0));
-  at::Tensor out = at::empty({g.B, g.Nq, g.Nk, g.D}, x.options());
-  if (out.numel() == 0) return out;
-  if (g.C == 0) return out.zero_();
+                               const at::Tensor& index, c10::string_view side) {
+  Problem pb = prepare_forward(x, weight, index, side);
+  if (pb.trivial) return pb.result;
   const at::Tensor xc = x.contiguous(), wc = weight.contiguous();
-  const PairPlan plan = build_pair_plan(index, g.R, side, /*src_block=*/0);
+  const PairPlan plan = build_pair_plan(index, pb.g.R, pb.side, /*src_block=*/0);
   RELPROJ_DISPATCH(x.scalar_type(), "relproj_forward_cpu", [&] {
-    forward_kernel<scalar_t>(xc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(), plan, g,
-                             out.mutable_data_ptr<scalar_t>());
+    forward_kernel<scalar_t>(xc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(), plan,
+                             pb.g, pb.result.mutable_data_ptr<scalar_t>());
   });
-  return out;
+  return pb.result;
 }
 
 at::Tensor relproj_grad_x_cpu(const at::Tensor& grad_out, const at::Tensor& weight,
-                              const at::Tensor& index, c10::string_view side_name) {
-  const ProjectionSide side = parse_side(side_name);
-  check_grad_x_args(grad_out, weight, index, side);
-  check_index_range(index, weight.size(0));
-  const Geometry g =
-      make_geometry(index, side, grad_out.size(0), weight.size(1), weight.size(2), weight.size(0));
-  at::Tensor grad_x = at::zeros({g.B, g.Ns, g.C}, grad_out.options());
-  if (grad_out.numel() == 0 || grad_x.numel() == 0) return grad_x;
+                              const at::Tensor& index, c10::string_view side) {
+  Problem pb = prepare_grad_x(grad_out, weight, index, side);
+  if (pb.trivial) return pb.result;
   const at::Tensor go = grad_out.contiguous(), wc = weight.contiguous();
-  const int64_t block = std::max<int64_t>(1, kTileRows / g.B);
-  const PairPlan plan = build_pair_plan(index, g.R, side, block);
+  const int64_t block = std::max<int64_t>(1, kTileRows / pb.g.B);
+  const PairPlan plan = build_pair_plan(index, pb.g.R, pb.side, block);
   RELPROJ_DISPATCH(grad_out.scalar_type(), "relproj_grad_x_cpu", [&] {
-    grad_x_kernel<scalar_t>(go.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(), plan, g,
-                            block, grad_x.mutable_data_ptr<scalar_t>());
+    grad_x_kernel<scalar_t>(go.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(), plan,
+                            pb.g, block, pb.result.mutable_data_ptr<scalar_t>());
   });
-  return grad_x;
+  return pb.result;
 }
 
 at::Tensor relproj_grad_weight_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                   const at::Tensor& index, c10::string_view side_name,
+                                   const at::Tensor& index, c10::string_view side,
                                    int64_t num_classes) {
-  const ProjectionSide side = parse_side(side_name);
-  check_grad_weight_args(grad_out, x, index, side, num_classes);
-  check_index_range(index, num_classes);
-  const Geometry g =
-      make_geometry(index, side, x.size(0), x.size(2), grad_out.size(3), num_classes);
-  at::Tensor grad_weight = at::zeros({g.R, g.C, g.D}, grad_out.options());
-  if (grad_out.numel() == 0 || grad_weight.numel() == 0) return grad_weight;
+  Problem pb = prepare_grad_weight(grad_out, x, index, side, num_classes);
+  if (pb.trivial) return pb.result;
   const at::Tensor go = grad_out.contiguous(), xc = x.contiguous();
-  const PairPlan plan = build_pair_plan(index, g.R, side, /*src_block=*/0);
+  const PairPlan plan = build_pair_plan(index, pb.g.R, pb.side, /*src_block=*/0);
   RELPROJ_DISPATCH(grad_out.scalar_type(), "relproj_grad_weight_cpu", [&] {
-    grad_weight_kernel<scalar_t>(go.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), plan,
-                                 g, grad_weight.mutable_data_ptr<scalar_t>());
+    grad_weight_kernel<scalar_t>(go.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+                                 plan, pb.g, pb.result.mutable_data_ptr<scalar_t>());
   });
-  return grad_weight;
+  return pb.result;
 }
 
 }  // namespace

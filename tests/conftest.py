@@ -1,0 +1,45 @@
+"""Shared test helpers: devices, dtypes, tolerances."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import translution_ext
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+FLOAT_DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+
+def pytest_sessionstart(session):
+    # CI sets this so that a build that silently fell back to the reference fails loudly.
+    if os.environ.get("TRANSLUTION_EXT_REQUIRE_NATIVE", "0") == "1" and not translution_ext.has_native():
+        raise pytest.UsageError(
+            f"TRANSLUTION_EXT_REQUIRE_NATIVE=1 but the native library is not loaded: "
+            f"{translution_ext.build_info()['load_error']}"
+        )
+
+
+requires_native = pytest.mark.skipif(not translution_ext.has_native(), reason="native library not loaded")
+
+
+def assert_close_to_reference(actual: torch.Tensor, exact: torch.Tensor, same_dtype_ref: torch.Tensor) -> None:
+    """Checks ``actual`` against ``exact`` (float64) with a per-dtype rule.
+
+    float64/float32: fixed relative tolerances.  float16/bfloat16: the error
+    must be at most 2x the error of the reference computed in that same dtype
+    (plus a small floor), as flash-attention judges its kernels.
+    """
+    scale = exact.abs().max().item() if exact.numel() else 1.0
+    scale = max(scale, 1e-6)
+    err = (actual.double() - exact).abs().max().item() if exact.numel() else 0.0
+    if actual.dtype == torch.float64:
+        assert err <= 1e-10 * scale, f"float64 error {err:.3g} (scale {scale:.3g})"
+    elif actual.dtype == torch.float32:
+        assert err <= 2e-5 * scale, f"float32 error {err:.3g} (scale {scale:.3g})"
+    else:
+        ref_err = (same_dtype_ref.double() - exact).abs().max().item() if exact.numel() else 0.0
+        eps = torch.finfo(actual.dtype).eps
+        bound = 2 * ref_err + eps * scale
+        assert err <= bound, f"{actual.dtype} error {err:.3g} > 2 x reference error {ref_err:.3g} + eps"
