@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Builds the CUDA kernels on a machine without a GPU and proves they are in the
+# library and registered for the CUDA dispatch key; then runs the CPU tests
+# with that build.  Needs nvcc (CUDA 13) and network access to the CUDA build
+# of torch.
+#   VENV=.venv/cuda  TORCH_CUDA_ARCH_LIST="8.0;9.0"
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${VENV:-$root/.venv/cuda}"
+
+nvcc_path="$(command -v nvcc || true)"
+[ -n "$nvcc_path" ] || { echo "check_cuda_build: nvcc not found on PATH" >&2; exit 1; }
+# nvcc may be a wrapper script around the real toolkit: follow it to the toolkit root.
+real_nvcc="$(grep -o '/[^ "]*/bin/nvcc' "$nvcc_path" 2>/dev/null | head -n 1 || true)"
+real_nvcc="$(readlink -f "${real_nvcc:-$nvcc_path}")"
+export CUDA_HOME="$(dirname "$(dirname "$real_nvcc")")"
+echo "check_cuda_build: CUDA_HOME=$CUDA_HOME"
+
+python3 -m venv "$venv"
+# The CUDA build of torch comes from the package index, not the local CPU wheel.
+PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$venv/bin/pip" install --quiet \
+  "${TORCH_SPEC:-torch==2.13.0}" numpy ninja pytest setuptools wheel
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+# cuBLAS/cuSPARSE headers (included by ATen/cuda) come with torch's NVIDIA wheels.
+export CPATH="$(ls -d "$site"/nvidia/cu*/include | head -n 1)${CPATH:+:$CPATH}"
+export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" MAX_JOBS="${MAX_JOBS:-2}"
+PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$venv/bin/pip" install --no-build-isolation "$root"
+
+cd "$(mktemp -d)"
+"$venv/bin/python" - <<'PY'
+import glob, os, subprocess
+import torch
+import translution_ext as te
+
+info = te.build_info()
+print("build_info:", info)
+assert info["native"] and info["cuda"], "CUDA kernels were not compiled"
+for op in ("relative_offset_projection", "relative_offset_projection_grad_x",
+           "relative_offset_projection_grad_weight"):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"translution_ext::{op}", "CUDA"), op
+lib = glob.glob(os.path.join(os.path.dirname(te.__file__), "_C*.so"))[0]
+symbols = subprocess.run(["nm", "-C", lib], capture_output=True, text=True, check=True).stdout
+for kernel in ("relproj_forward_kernel", "relproj_grad_x_kernel", "relproj_grad_weight_kernel"):
+    assert kernel in symbols, f"{kernel} missing from {lib}"
+sections = subprocess.run(["readelf", "-S", lib], capture_output=True, text=True, check=True).stdout
+assert ".nv_fatbin" in sections, "no device code in the library"
+print("check_cuda_build: CUDA kernels compiled for", info["cuda_archs"], "and registered for CUDA")
+PY
+TRANSLUTION_EXT_REQUIRE_NATIVE=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests"
