@@ -1,0 +1,207 @@
+"""Benchmark of relative_offset_projection against the reference approach and a GEMM roofline.
+
+Useful FLOPs of one pass: 2·B·Nq·Nk·C·D (every pair projected once); the
+backward does twice that (grad_x and grad_weight).  Baselines, measured in the
+same run:
+  reference  the authors' approach: gather weight[index] into (Nq, Nk, C, D),
+             then a broadcast matmul (memory-bound; measured on the first
+             query rows that fit --ref-mem-gb, rates are per useful FLOP)
+  gemm       plain GEMMs of the same shapes and FLOPs: (B·Nq·Nk, C) @ (C, D)
+             forward, and the two backward GEMMs — the roofline
+  sdpa       scaled_dot_product_attention at (B, 3 heads, N, 64), for context
+Every implementation runs in its own subprocess so its peak memory (CPU: peak
+RSS growth; CUDA: max_memory_allocated) is its own.
+
+    python bench/relproj.py                       # CPU, fp32, batch 8
+    python bench/relproj.py --device cuda --dtype bfloat16   # batch 64
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+CASES = {
+    "1d_n256": ("1d", 256),
+    "2d_14x14_cls": ("2d_cls", (14, 14)),
+}
+IMPLS = ("ours", "reference", "gemm", "sdpa")
+
+
+def make_index(case: str) -> torch.Tensor:
+    from translution_ext import indexing
+
+    layout, size = CASES[case]
+    ix = indexing.offset_index_1d(size) if layout == "1d" else indexing.offset_index_2d_cls(size)
+    return ix.key, ix.num_classes
+
+
+def timed(fn, device: str, repeat: int) -> float:
+    fn()  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def worker(args) -> dict:
+    """Measures one implementation on one case; prints a JSON line."""
+    from translution_ext.ops import relative_offset_projection
+    from translution_ext.reference import relative_offset_projection_gathered
+
+    torch.manual_seed(0)
+    dev, dtype = args.device, getattr(torch, args.dtype)
+    index, R = make_index(args.case)
+    index = index.to(dev)
+    N, B, C, D = index.shape[0], args.batch, args.dim, args.dim
+    rows = N  # query rows computed
+    if args.impl == "reference":
+        per_row = N * C * D * torch.finfo(dtype).bits // 8 * 3  # gathered weights, their grad, a copy
+        rows = max(1, min(N, int(args.ref_mem_gb * 2**30 // per_row)))
+        index = index[:rows]
+    x = torch.randn(B, N, C, device=dev, dtype=dtype, requires_grad=True)
+    w = (torch.randn(R, C, D, device=dev, dtype=dtype) / C**0.5).requires_grad_()
+    grad = torch.randn(B, rows, N, D, device=dev, dtype=dtype)
+    flops_fwd = 2 * B * rows * N * C * D
+
+    if args.impl in ("ours", "reference"):
+        op = relative_offset_projection if args.impl == "ours" else relative_offset_projection_gathered
+        fwd = lambda: op(x, w, index, "key")
+        def both():
+            op(x, w, index, "key").backward(grad)
+    elif args.impl == "gemm":
+        a = torch.randn(B * rows * N, C, device=dev, dtype=dtype)
+        b = torch.randn(C, D, device=dev, dtype=dtype)
+        g2 = grad.reshape(-1, D)
+        fwd = lambda: a @ b
+        def both():
+            a @ b
+            g2 @ b.t()
+            a.t() @ g2
+    else:  # sdpa: 3 heads of 64, the attention a Translution layer replaces
+        q, k, v = (torch.randn(B, 3, N, 64, device=dev, dtype=dtype, requires_grad=True) for _ in range(3))
+        go = torch.randn(B, 3, N, 64, device=dev, dtype=dtype)
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        fwd = lambda: sdpa(q, k, v)
+        def both():
+            sdpa(q, k, v).backward(go)
+
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = peak_rss_bytes()
+    t_fwd = timed(fwd, dev, args.repeat)
+    t_both = timed(both, dev, args.repeat)
+    peak = (torch.cuda.max_memory_allocated() if dev == "cuda" else peak_rss_bytes()) - base
+    return {
+        "case": args.case, "impl": args.impl, "rows_measured": rows, "rows_total": N,
+        "fwd_s": t_fwd, "bwd_s": max(t_both - t_fwd, 0.0), "fwd_bwd_s": t_both,
+        "useful_gflops_fwd": flops_fwd / t_fwd / 1e9, "useful_gflops_fwd_bwd": 3 * flops_fwd / t_both / 1e9,
+        "peak_extra_mem_mb": peak / 2**20,
+    }
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor()
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default=None, help="float32 on CPU, bfloat16 on CUDA by default")
+    p.add_argument("--batch", type=int, default=None, help="8 on CPU, 64 on CUDA by default")
+    p.add_argument("--dim", type=int, default=192, help="C = D")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--ref-mem-gb", type=float, default=2.0)
+    p.add_argument("--cases", nargs="*", default=list(CASES))
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/relproj_<device>_<dtype>.json)")
+    p.add_argument("--impl", help=argparse.SUPPRESS)
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+    args.batch = args.batch or (8 if args.device == "cpu" else 64)
+    if args.impl:
+        print(json.dumps(worker(args)))
+        return
+
+    import translution_ext
+
+    results = []
+    for case in args.cases:
+        for impl in IMPLS:
+            cmd = [sys.executable, os.path.abspath(__file__), "--impl", impl, "--case", case,
+                   "--device", args.device, "--dtype", args.dtype, "--batch", str(args.batch),
+                   "--dim", str(args.dim), "--repeat", str(args.repeat), "--ref-mem-gb", str(args.ref_mem_gb)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"{impl} on {case} failed:\n{done.stderr}")
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    print(f"relative_offset_projection, {args.device} ({device_name(args.device)}), {args.dtype}, "
+          f"B={args.batch}, C=D={args.dim}")
+    header = f"{'case':14} {'impl':10} {'fwd ms':>9} {'bwd ms':>9} {'f+b ms':>9} {'GFLOP/s f+b':>12} " \
+             f"{'vs gemm':>8} {'vs ref':>8} {'peak MB':>9}"
+    print(header)
+    for case in args.cases:
+        by_impl = {r["impl"]: r for r in results if r["case"] == case}
+        for impl in IMPLS:
+            r = by_impl[impl]
+            if impl != "sdpa":
+                r["ratio_to_gemm_fwd_bwd"] = r["useful_gflops_fwd_bwd"] / by_impl["gemm"]["useful_gflops_fwd_bwd"]
+                r["ratio_to_gemm_fwd"] = r["useful_gflops_fwd"] / by_impl["gemm"]["useful_gflops_fwd"]
+                r["speedup_vs_reference_fwd_bwd"] = (
+                    r["useful_gflops_fwd_bwd"] / by_impl["reference"]["useful_gflops_fwd_bwd"]
+                )
+            rows = "" if r["rows_measured"] == r["rows_total"] else f" ({r['rows_measured']}/{r['rows_total']} rows)"
+            gf = "-" if impl == "sdpa" else f"{r['useful_gflops_fwd_bwd']:.1f}"
+            vs_gemm = "-" if impl == "sdpa" else f"{r['ratio_to_gemm_fwd_bwd']:.2f}"
+            vs_ref = "-" if impl == "sdpa" else f"{r['speedup_vs_reference_fwd_bwd']:.1f}x"
+            print(f"{case:14} {impl:10} {r['fwd_s']*1e3:9.2f} {r['bwd_s']*1e3:9.2f} {r['fwd_bwd_s']*1e3:9.2f} "
+                  f"{gf:>12} {vs_gemm:>8} {vs_ref:>8} {r['peak_extra_mem_mb']:9.1f}{rows}")
+        ours, sdpa = by_impl["ours"], by_impl["sdpa"]
+        print(f"{'':14} ours / sdpa fwd+bwd time: {ours['fwd_bwd_s'] / sdpa['fwd_bwd_s']:.1f}x")
+
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"relproj_{args.device}_{args.dtype}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    meta = {
+        "benchmark": "relative_offset_projection", "device": device_name(args.device),
+        "device_type": args.device, "dtype": args.dtype, "batch": args.batch, "C": args.dim, "D": args.dim,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "translution_ext": translution_ext.build_info(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "flops_formula": "fwd 2*B*Nq*Nk*C*D; fwd+bwd 3x that",
+    }
+    with open(out, "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=2)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

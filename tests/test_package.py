@@ -1,0 +1,66 @@
+"""Package-level behaviour: native library status, fallback when it is missing."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+
+import translution_ext
+
+PROBE = """
+import json, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import torch, translution_ext
+    from translution_ext import indexing
+    ix = indexing.offset_index_1d(4)
+    x = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(ix.num_classes, 3, 5, dtype=torch.float64)
+    out = translution_ext.relative_offset_projection(x, w, ix.key)
+    out.sum().backward()
+ours = [str(w.message) for w in caught if "translution_ext" in str(w.message)]
+print(json.dumps({"native": translution_ext.has_native(), "info": translution_ext.build_info(),
+                  "warnings": ours, "shape": list(out.shape)}))
+"""
+
+
+def run_probe(env_extra=None, cwd=None, pythonpath=None):
+    env = dict(os.environ, **(env_extra or {}))
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    done = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=cwd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_build_info_reports_what_was_compiled():
+    info = translution_ext.build_info()
+    assert info["native"] == translution_ext.has_native()
+    assert info["torch_runtime"] == torch.__version__
+    if info["native"]:
+        assert info["cpu"] is True
+        assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
+        assert "cpu" in info["native_device_types"]
+        if info["cuda"]:
+            assert info["cuda_archs"]
+
+
+def test_disabled_native_falls_back_with_one_warning():
+    result = run_probe({"TRANSLUTION_EXT_DISABLE_NATIVE": "1"})
+    assert result["native"] is False
+    assert result["shape"] == [2, 4, 4, 5]
+    assert len(result["warnings"]) == 1
+    assert "TRANSLUTION_EXT_DISABLE_NATIVE=1" in result["warnings"][0]
+    assert result["info"]["load_error"]
+
+
+def test_missing_library_falls_back_with_one_warning(tmp_path):
+    # A copy of the Python package without the compiled library.
+    src = os.path.dirname(translution_ext.__file__)
+    shutil.copytree(src, tmp_path / "translution_ext", ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+    result = run_probe({"TRANSLUTION_EXT_DISABLE_NATIVE": "0"}, cwd=tmp_path, pythonpath=str(tmp_path))
+    assert result["native"] is False
+    assert len(result["warnings"]) == 1
+    assert "no compiled library" in result["warnings"][0]
+    assert result["shape"] == [2, 4, 4, 5]
