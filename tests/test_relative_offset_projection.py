@@ -262,3 +262,17 @@ def test_mixed_devices_error():
         relative_offset_projection(x, w.cuda(), index, "key")
     with pytest.raises(ValueError, match=r"index must be on the same device as x \(cuda:0\), got cpu"):
         relative_offset_projection(x.cuda(), w.cuda(), index, "key")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast_runs_in_autocast_dtype(device):
+    x, w, index = make_inputs(LAYOUTS["2d_cls"](), "key", dtype=torch.float32, device=device)
+    w.requires_grad_()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out = relative_offset_projection(x, w, index, "key")
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert w.grad.dtype == torch.float32
+    ref_out, _, _, _ = exact(x, w, index, "key")
+    same = relative_offset_projection_gathered(x.bfloat16(), w.detach().bfloat16(), index, "key")
+    assert_close_to_reference(out.detach(), ref_out, same)

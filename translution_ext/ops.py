@@ -88,10 +88,16 @@ def relative_offset_projection(
             :mod:`translution_ext.indexing`.
         side: "key" (k and v of Translution) or "query" (q).
 
+    Under ``torch.autocast`` x and weight are cast to the autocast dtype.
+
     Returns:
         (B, Nq, Nk, D).  Differentiable in x and weight.  The (Nq, Nk, C, D)
         gathered weight tensor is never built.
     """
+    if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
+        # Under autocast the op runs in the autocast dtype, like a matmul would.
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
     if x.device.type in _native.NATIVE_DEVICE_TYPES:
         return torch.ops.translution_ext.relative_offset_projection(x, weight, index, side)
     _check_args(x, weight, index, side)
