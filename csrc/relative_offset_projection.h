@@ -69,6 +69,17 @@ struct Geometry {
   C10_HOST_DEVICE int64_t source_of(int64_t pair) const {
     return key_side ? pair % Nk : pair / Nk;
   }
+  // Kernels grouped by class number the rows of class r as (b, k-th pair of
+  // the class), b-major.  For such a row: where its x row and its output /
+  // grad_out row start (element offsets into x (B, Ns, C) and out (B, P, D)).
+  struct RowOffsets {
+    int64_t x, out;
+  };
+  C10_HOST_DEVICE RowOffsets class_row(const int64_t* class_pairs, int64_t count,
+                                       int64_t row) const {
+    const int64_t b = row / count, p = class_pairs[row % count];
+    return {(b * Ns + source_of(p)) * C, (b * pairs() + p) * D};
+  }
 };
 
 // What every backend does before its kernel: parse `side`, check the

@@ -87,17 +87,13 @@ void forward_kernel(const scalar_t* x, const scalar_t* weight, const PairPlan& p
       const int64_t count = offsets[r + 1] - offsets[r];
       const int64_t* class_pairs = pairs + offsets[r];
       const int64_t rows = std::min(kTileRows, g.B * count - row0);
-      for (int64_t m = 0; m < rows; ++m) {
-        const int64_t b = (row0 + m) / count, p = class_pairs[(row0 + m) % count];
-        copy_row(a + m * g.C, x + (b * g.Ns + g.source_of(p)) * g.C, g.C);
-      }
+      for (int64_t m = 0; m < rows; ++m)
+        copy_row(a + m * g.C, x + g.class_row(class_pairs, count, row0 + m).x, g.C);
       const acc_t* w = class_matrix(weight, r, g, w_buf.data_ptr<acc_t>());
       auto y_mat = matrix(y, rows, g.D);
       at::mm_out(y_mat, matrix(a, rows, g.C), matrix(w, g.C, g.D));
-      for (int64_t m = 0; m < rows; ++m) {
-        const int64_t b = (row0 + m) / count, p = class_pairs[(row0 + m) % count];
-        copy_row(out + (b * g.pairs() + p) * g.D, y + m * g.D, g.D);
-      }
+      for (int64_t m = 0; m < rows; ++m)
+        copy_row(out + g.class_row(class_pairs, count, row0 + m).out, y + m * g.D, g.D);
     }
   });
 }
@@ -130,9 +126,9 @@ void grad_weight_kernel(const scalar_t* grad_out, const scalar_t* x, const PairP
       for (int64_t row0 = 0; row0 < total; row0 += kTileRows) {
         const int64_t rows = std::min(kTileRows, total - row0);
         for (int64_t m = 0; m < rows; ++m) {
-          const int64_t b = (row0 + m) / count, p = class_pairs[(row0 + m) % count];
-          copy_row(xa + m * g.C, x + (b * g.Ns + g.source_of(p)) * g.C, g.C);
-          copy_row(ga + m * g.D, grad_out + (b * g.pairs() + p) * g.D, g.D);
+          const auto at = g.class_row(class_pairs, count, row0 + m);
+          copy_row(xa + m * g.C, x + at.x, g.C);
+          copy_row(ga + m * g.D, grad_out + at.out, g.D);
         }
         acc_mat.addmm_(matrix(xa, rows, g.C).t(), matrix(ga, rows, g.D),
                        /*beta=*/row0 == 0 ? 0 : 1, /*alpha=*/1);

@@ -140,4 +140,20 @@ using BlockAccumulator = std::conditional_t<
                    TileTraits<scalar_t>::kLdA, TileTraits<scalar_t>::kLdB,
                    TileTraits<scalar_t>::kLdC>>;
 
+// Epilogue: once the reduction is done (and the operand slices are no longer
+// read), spills the accumulator to shared memory `smem` (kSmemBytes) and calls
+// write(m, n, value) for every element of the kBM x kBN tile.
+template <typename scalar_t, typename Write>
+__device__ void for_each_result(const BlockAccumulator<scalar_t>& acc, unsigned char* smem,
+                                Write write) {
+  using T = TileTraits<scalar_t>;
+  auto* c = reinterpret_cast<typename T::acc_t*>(smem);
+  acc.store(c);
+  __syncthreads();
+  for (int e = threadIdx.x; e < kBM * kBN; e += kThreads) {
+    const int m = e / kBN, n = e % kBN;
+    write(m, n, c[m * T::kLdC + n]);
+  }
+}
+
 }  // namespace translution_ext::cuda

@@ -56,9 +56,9 @@ __global__ void __launch_bounds__(kThreads)
   for (int m = threadIdx.x; m < kBM; m += kThreads) {
     const int64_t row = row0 + m;
     if (row < g.B * count) {
-      const int64_t b = row / count, p = by_class[class_offsets[r] + row % count];
-      src_row[m] = (b * g.Ns + g.source_of(p)) * g.C;
-      dst_row[m] = (b * g.pairs() + p) * g.D;
+      const auto at = g.class_row(by_class + class_offsets[r], count, row);
+      src_row[m] = at.x;
+      dst_row[m] = at.out;
     } else {
       src_row[m] = dst_row[m] = -1;
     }
@@ -85,14 +85,9 @@ __global__ void __launch_bounds__(kThreads)
     acc.step(As, Bs);
     __syncthreads();
   }
-  acc_t* Cs = reinterpret_cast<acc_t*>(smem);
-  acc.store(Cs);
-  __syncthreads();
-  for (int e = threadIdx.x; e < kBM * kBN; e += kThreads) {
-    const int m = e / kBN, n = e % kBN;
-    if (dst_row[m] >= 0 && n0 + n < g.D)
-      out[dst_row[m] + n0 + n] = static_cast<scalar_t>(Cs[m * T::kLdC + n]);
-  }
+  for_each_result<scalar_t>(acc, smem, [&](int m, int n, acc_t v) {
+    if (dst_row[m] >= 0 && n0 + n < g.D) out[dst_row[m] + n0 + n] = static_cast<scalar_t>(v);
+  });
 }
 
 // grad_weight[r][c, d] = sum over rows (b, p) of class r of x[b, src(p), c] * grad_out[b, p, d]
@@ -120,9 +115,9 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = threadIdx.x; k < kBK; k += kThreads) {
       const int64_t row = k0 + k;
       if (row < rows) {
-        const int64_t b = row / count, p = by_class[class_offsets[r] + row % count];
-        x_row[k] = (b * g.Ns + g.source_of(p)) * g.C;
-        g_row[k] = (b * g.pairs() + p) * g.D;
+        const auto at = g.class_row(by_class + class_offsets[r], count, row);
+        x_row[k] = at.x;
+        g_row[k] = at.out;
       } else {
         x_row[k] = g_row[k] = -1;
       }
@@ -142,15 +137,10 @@ __global__ void __launch_bounds__(kThreads)
     acc.step(As, Bs);
     __syncthreads();
   }
-  acc_t* Cs = reinterpret_cast<acc_t*>(smem);
-  acc.store(Cs);
-  __syncthreads();
   scalar_t* gw = grad_weight + r * g.C * g.D;
-  for (int e = threadIdx.x; e < kBM * kBN; e += kThreads) {
-    const int m = e / kBN, n = e % kBN;
-    if (c0 + m < g.C && d0 + n < g.D)
-      gw[(c0 + m) * g.D + d0 + n] = static_cast<scalar_t>(Cs[m * T::kLdC + n]);
-  }
+  for_each_result<scalar_t>(acc, smem, [&](int m, int n, acc_t v) {
+    if (c0 + m < g.C && d0 + n < g.D) gw[(c0 + m) * g.D + d0 + n] = static_cast<scalar_t>(v);
+  });
 }
 
 // grad_x[b, s, c] = sum over pairs p with src(p) == s of grad_out[b, p, :] . weight[class(p)][c, :]
@@ -231,15 +221,11 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
   }
-  acc_t* Cs = reinterpret_cast<acc_t*>(smem);
-  acc.store(Cs);
-  __syncthreads();
-  for (int e = threadIdx.x; e < kBM * kBN; e += kThreads) {
-    const int m = e / kBN, n = e % kBN;
+  for_each_result<scalar_t>(acc, smem, [&](int m, int n, acc_t v) {
     const int64_t s = s0 + m % tokens, b = b0 + m / tokens;
     if (s < g.Ns && b < g.B && n0 + n < g.C)
-      grad_x[(b * g.Ns + s) * g.C + n0 + n] = static_cast<scalar_t>(Cs[m * T::kLdC + n]);
-  }
+      grad_x[(b * g.Ns + s) * g.C + n0 + n] = static_cast<scalar_t>(v);
+  });
 }
 
 #define RELPROJ_DISPATCH(TYPE, NAME, ...) \
