@@ -86,6 +86,6 @@ setup(
     packages=find_packages(include=["translution_ext", "translution_ext.*"]),
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    install_requires=[_torch_requirement(), "numpy"],
+    install_requires=[_torch_requirement()],
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )
