@@ -25,16 +25,12 @@ at::Tensor exclusive_cumsum(const at::Tensor& counts) {
   return at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});
 }
 
-}  // namespace
-
 ProjectionSide parse_side(c10::string_view side) {
   if (side == "key") return ProjectionSide::Key;
   if (side == "query") return ProjectionSide::Query;
   TORCH_CHECK_VALUE(false, "relative_offset_projection: side must be 'key' or 'query', got '",
               std::string(side), "'");
 }
-
-namespace {
 
 constexpr const char* kOp = "relative_offset_projection: ";
 
@@ -89,8 +85,6 @@ void check_grad_out(const at::Tensor& grad_out, const at::Tensor& index) {
                     index.size(0), ", ", index.size(1), "), got shape ", shape_str(grad_out));
 }
 
-}  // namespace
-
 void check_forward_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& index,
                         ProjectionSide side) {
   check_float(x, "x");
@@ -140,8 +134,6 @@ void check_index_range(const at::Tensor& index, int64_t num_classes) {
               "weight.size(0) == ",
               num_classes, ", got min ", lo_v, " and max ", hi_v);
 }
-
-namespace {
 
 Geometry make_geometry(const at::Tensor& index, ProjectionSide side, int64_t B, int64_t C,
                        int64_t D, int64_t R) {

@@ -16,24 +16,6 @@ namespace translution_ext {
 
 enum class ProjectionSide { Key, Query };
 
-// Parses "key" / "query"; anything else is an error naming `side`.
-ProjectionSide parse_side(c10::string_view side);
-
-// Shape, dtype and device checks, one per op (no device sync).  Errors name
-// the argument and the expected value; they surface in Python as ValueError
-// (shape, device, value) or TypeError (dtype).
-void check_forward_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& index,
-                        ProjectionSide side);
-// grad_out: (B, Nq, Nk, D); weight: (R, C, D).  Returns grad_x: (B, N, C).
-void check_grad_x_args(const at::Tensor& grad_out, const at::Tensor& weight,
-                       const at::Tensor& index, ProjectionSide side);
-// grad_out: (B, Nq, Nk, D); x: (B, N, C).  Returns grad_weight: (R, C, D).
-void check_grad_weight_args(const at::Tensor& grad_out, const at::Tensor& x,
-                            const at::Tensor& index, ProjectionSide side, int64_t num_classes);
-
-// Checks 0 <= index < num_classes (reads the index: one device sync on GPU).
-void check_index_range(const at::Tensor& index, int64_t num_classes);
-
 // Pairs (i, j), flattened as p = i * Nk + j, grouped two ways.  Built with
 // ATen ops, so the same code plans for CPU and CUDA.
 struct PairPlan {
@@ -82,8 +64,10 @@ struct Geometry {
   }
 };
 
-// What every backend does before its kernel: parse `side`, check the
-// arguments (index range included), and allocate the result (forward:
+// What every backend does before its kernel: parse `side` ("key"/"query"),
+// check shapes, dtypes, devices and the index range (one device sync on GPU;
+// errors name the argument and the expected value and surface in Python as
+// ValueError or TypeError), and allocate the result (forward:
 // uninitialised (B, Nq, Nk, D); grads: zeros).  `trivial` means the result is
 // already final (nothing to compute), so the kernel must not run.
 struct Problem {
