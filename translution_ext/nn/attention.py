@@ -1,0 +1,86 @@
+"""Ordinary multi-head attention, optionally causal or with 2D rotary position embedding.
+
+The layers of a hybrid model that are not Translution (spec §5) use it, with the
+same pre-norm and output projection as the Translution blocks.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RotaryEmbedding2D(nn.Module):
+    """2D RoPE over a row-major grid; a leading class token is left unrotated.
+
+    The first half of each head's frequencies encodes the row, the second half
+    the column (base 10000); channel c pairs with c + d/2 (rotate-half form).
+
+    Args:
+        dim_head: d, divisible by 4.
+        grid: (Hg, Wg), the largest grid; smaller grids use its top-left corner.
+        cls_token: whether token 0 is a class token.
+    """
+
+    def __init__(self, dim_head: int, grid: Tuple[int, int], cls_token: bool = True, base: float = 10000.0):
+        super().__init__()
+        if dim_head % 4:
+            raise ValueError(f"dim_head must be divisible by 4 for 2D RoPE, got {dim_head}")
+        self.grid, self.cls_token = tuple(grid), cls_token
+        half = dim_head // 2
+        inv_freq = 1.0 / (base ** (torch.arange(0, half, 2).float() / half))
+        rows = torch.arange(grid[0]).float()[:, None, None] * inv_freq
+        cols = torch.arange(grid[1]).float()[None, :, None] * inv_freq
+        freqs = torch.cat([rows.expand(*grid, -1), cols.expand(*grid, -1)], dim=-1)  # (Hg, Wg, d/2)
+        angles = torch.cat([freqs, freqs], dim=-1)  # (Hg, Wg, d), float32 like the reference
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, t: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """t: (B, H, N, d) with N = h·w (+1) -> the rotated t."""
+        h, w = size
+        cos = self.cos[:h, :w].reshape(h * w, -1).to(t.dtype)
+        sin = self.sin[:h, :w].reshape(h * w, -1).to(t.dtype)
+        head, grid_tokens = (t[..., :1, :], t[..., 1:, :]) if self.cls_token else (None, t)
+        x1, x2 = grid_tokens.chunk(2, dim=-1)
+        rotated = grid_tokens * cos + torch.cat([-x2, x1], dim=-1) * sin
+        return rotated if head is None else torch.cat([head, rotated], dim=-2)
+
+
+class Attention(nn.Module):
+    """Pre-norm multi-head self-attention (scaled dot product, softmax).
+
+    Args:
+        dim, heads, dim_head, dropout: as for :class:`translution_ext.nn.Translution`.
+        causal: mask keys after the query (GPT).
+        rope_grid: (Hg, Wg) to apply 2D RoPE to q and k (ViT hybrid layers).
+        cls_token: with ``rope_grid``, whether token 0 is a class token.
+
+    Parameters: ``norm``, ``qkv_proj`` (dim -> 3D, no bias), ``out_proj``
+    (omitted when heads == 1 and dim_head == dim).
+    """
+
+    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0,
+                 causal: bool = False, rope_grid: Optional[Tuple[int, int]] = None, cls_token: bool = True):
+        super().__init__()
+        self.heads, self.dim_head, self.dropout, self.causal = heads, dim_head, dropout, causal
+        inner = heads * dim_head
+        self.norm = nn.LayerNorm(dim)
+        self.qkv_proj = nn.Linear(dim, 3 * inner, bias=False)
+        self.rope = RotaryEmbedding2D(dim_head, rope_grid, cls_token) if rope_grid is not None else None
+        self.project_out = not (heads == 1 and dim_head == dim)
+        self.out_proj = nn.Linear(inner, dim) if self.project_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """x: (B, N, dim) -> (B, N, dim); ``grid=(h, w)`` when RoPE runs on a smaller grid."""
+        q, k, v = (t.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
+                   for t in self.qkv_proj(self.norm(x)).chunk(3, dim=-1))
+        if self.rope is not None:
+            size = self.rope.grid if grid is None else tuple(grid)
+            q, k = self.rope(q, size), self.rope(k, size)
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
+        y = self.out_proj(out.transpose(1, 2).flatten(-2))
+        return F.dropout(y, self.dropout, self.training) if self.project_out and self.dropout > 0 else y

@@ -1,0 +1,96 @@
+"""What every relative-offset attention block shares: layout, index maps, norm, output."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .functional import BACKENDS, resolve_backend
+from .layout import TokenLayout
+
+ROLES = ("q", "k", "v")
+VARIANTS = ("qkv", "qk", "qv", "kv", "q", "k", "v")
+
+
+def parse_relative(relative: str) -> Tuple[str, ...]:
+    """"qkv", "kv", "QV", ... -> the relative roles in q, k, v order."""
+    letters = relative.lower() if isinstance(relative, str) else ""
+    if not letters or set(letters) - set(ROLES) or len(set(letters)) != len(letters):
+        raise ValueError(f"relative must be a non-empty subset of 'qkv' (one of {', '.join(VARIANTS)}), "
+                         f"got {relative!r}")
+    return tuple(r for r in ROLES if r in letters)
+
+
+def new_table(rows: int, fan_in: int, fan_out: int) -> nn.Parameter:
+    """An (R, C, D) table initialised like the reference: kaiming_uniform_(a=√5) on the whole tensor."""
+    table = nn.Parameter(torch.empty(rows, fan_in, fan_out))
+    nn.init.kaiming_uniform_(table, a=math.sqrt(5))
+    return table
+
+
+class RelativeBlock(nn.Module):
+    """Base of :class:`Translution` and :class:`AlphaTranslution`.
+
+    Holds the pre-norm, the layout with its (non-persistent) full-size index
+    maps, the output projection (omitted when heads == 1 and dim_head == dim, as
+    in the reference) and the backend choice.
+    """
+
+    def __init__(self, dim: int, heads: int, dim_head: int, layout: str, max_len: Optional[int],
+                 grid: Optional[Tuple[int, int]], relative: str, dropout: float, backend: str):
+        super().__init__()
+        for name, value in (("dim", dim), ("heads", heads), ("dim_head", dim_head)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+        self.dim, self.heads, self.dim_head = dim, heads, dim_head
+        self.inner_dim = heads * dim_head
+        self.scale = dim_head ** -0.5
+        self.dropout = dropout
+        self.backend = backend
+        self.relative = parse_relative(relative)
+        self.layout = TokenLayout(layout, max_len=max_len, grid=grid)
+        full = self.layout.index(self.layout.grid if self.layout.is_2d else (self.layout.max_len,))
+        self.register_buffer("key_index", full.key, persistent=False)
+        self.register_buffer("query_index", full.query, persistent=False)
+        self.norm = nn.LayerNorm(dim)
+        self.project_out = not (heads == 1 and dim_head == dim)
+        self.out_proj = nn.Linear(self.inner_dim, dim) if self.project_out else nn.Identity()
+
+    @property
+    def num_classes(self) -> int:
+        """R, the rows of every offset table."""
+        return self.layout.num_classes
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, {self.layout.describe()}, "
+                f"relative={''.join(self.relative)!r}, dropout={self.dropout}, backend={self.backend!r}")
+
+    def _prepare(self, x: torch.Tensor, grid: Optional[Tuple[int, int]]):
+        """Checks x and returns (normed x, key index, query index, resolved backend)."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (B, N, dim={self.dim}), got {shape}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        n = x.shape[1]
+        size = self.layout.size_of(n, grid)
+        if self.layout.is_2d and tuple(size) != self.layout.grid:
+            index = self.layout.index(size, device=x.device)
+            key, query = index.key, index.query
+        else:  # the 1D maps of a shorter sequence are the leading block of the full maps
+            key, query = self.key_index[:n, :n], self.query_index[:n, :n]
+        backend = resolve_backend(self.backend, x.device)
+        return self.norm(x), key, query, backend
+
+    def _output(self, o: torch.Tensor) -> torch.Tensor:
+        if not self.project_out:
+            return o
+        y = self.out_proj(o)
+        return F.dropout(y, self.dropout, self.training) if self.dropout > 0 else y
