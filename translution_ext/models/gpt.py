@@ -1,0 +1,71 @@
+"""Causal language model with Translution token mixers (spec §5)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..nn import Attention
+from .blocks import Block, FeedForward, check_tln_num, make_mixer
+from .configs import config
+
+
+class GPT(nn.Module):
+    """Token embedding, causal pre-norm blocks, two final LayerNorms (trunk, head), LM head.
+
+    Args:
+        vocab_size: tokens.
+        seq_len: the longest sequence (the causal tables have seq_len rows);
+            shorter inputs use the same rows.
+        dim, depth, heads, mlp_dim, dim_head: sizes.
+        mixer, relative, dim_relenc, alpha, backend: as for :class:`ViT`.
+        tln_num: hybrid: the first ``tln_num`` blocks use ``mixer``, the rest
+            causal ordinary attention.
+        pos_embedding: add a learned absolute position embedding.
+    """
+
+    def __init__(self, *, vocab_size: int, seq_len: int, dim: int, depth: int, heads: int, mlp_dim: int,
+                 dim_head: int = 64, dropout: float = 0.0, emb_dropout: float = 0.0,
+                 mixer: str = "translution", relative: str = "qkv", dim_relenc: int = 16,
+                 alpha: float = 0.5, tln_num: Optional[int] = None, pos_embedding: bool = False,
+                 backend: str = "auto"):
+        super().__init__()
+        self.vocab_size, self.seq_len = vocab_size, seq_len
+        self.token_embed = nn.Embedding(vocab_size, dim)
+        self.pos_embed = nn.Embedding(seq_len, dim) if pos_embedding else None
+        self.emb_dropout = nn.Dropout(emb_dropout)
+        self.tln_num = check_tln_num(tln_num, depth)
+        blocks = []
+        for i in range(depth):
+            if i < self.tln_num:
+                token_mixer = make_mixer(mixer, dim=dim, heads=heads, dim_head=dim_head, dropout=dropout,
+                                         layout="causal", size=seq_len, relative=relative,
+                                         dim_relenc=dim_relenc, alpha=alpha, backend=backend)
+            else:
+                token_mixer = Attention(dim, heads, dim_head, dropout, causal=True)
+            blocks.append(Block(token_mixer, FeedForward(dim, mlp_dim, dropout)))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(dim)
+        self.head_norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N) int64 token ids, N <= seq_len -> (B, N, vocab_size) logits."""
+        if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"tokens must be a (B, N) int64 tensor, got shape {tuple(tokens.shape)}, "
+                             f"dtype {tokens.dtype}")
+        if tokens.shape[1] > self.seq_len:
+            raise ValueError(f"tokens.size(1) must be <= seq_len = {self.seq_len}, got {tokens.shape[1]}")
+        x = self.token_embed(tokens)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(torch.arange(tokens.shape[1], device=tokens.device))
+        x = self.emb_dropout(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.head_norm(self.norm(x)))
+
+
+def create_gpt(name: str, *, vocab_size: int, seq_len: int, **kwargs) -> GPT:
+    """A GPT of a named size ("tiny", "mini", "small", "base", "large"); kwargs override any argument."""
+    return GPT(vocab_size=vocab_size, seq_len=seq_len, **{**config(name), **kwargs})
