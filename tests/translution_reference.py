@@ -168,3 +168,85 @@ def reference_forward(sd, x, *, alpha, **kwargs):
 def kaiming_bound(fan_in: int) -> float:
     """The bound of kaiming_uniform_(a=√5) for a tensor whose dim 1 is ``fan_in``·(receptive field)."""
     return math.sqrt(6 / ((1 + 5) * fan_in))
+
+
+def rope_2d(t, h, w, cls=True, base=10000.0):
+    """2D RoPE on (B, H, N, d): channel c rotates with c + d/2; row angles in the first d/4 pairs."""
+    d = t.shape[-1]
+    quarter = d // 4
+    inv = torch.tensor([base ** (-(2.0 * f) / (d // 2)) for f in range(quarter)], dtype=torch.float32)
+    angles = torch.zeros(h * w, d // 2)
+    for p in range(h * w):
+        r, c = divmod(p, w)
+        angles[p, :quarter] = r * inv
+        angles[p, quarter:] = c * inv
+    cos, sin = angles.cos().repeat(1, 2).to(t.dtype), angles.sin().repeat(1, 2).to(t.dtype)
+    head, g = (t[..., :1, :], t[..., 1:, :]) if cls else (t[..., :0, :], t)
+    x1, x2 = g[..., : d // 2], g[..., d // 2:]
+    rotated = torch.cat([x1 * cos[:, : d // 2] - x2 * sin[:, : d // 2], x2 * cos[:, d // 2:] + x1 * sin[:, d // 2:]], -1)
+    return torch.cat([head, rotated], dim=-2)
+
+
+def attention(sd, x, *, heads, dim_head, causal=False, rope=None):
+    """Ordinary pre-norm attention on a reference state dict (to_qkv, to_out); rope=(h, w) adds 2D RoPE."""
+    h = F.layer_norm(x, x.shape[-1:], sd["norm.weight"], sd["norm.bias"])
+    q, k, v = (t.unflatten(-1, (heads, dim_head)).transpose(1, 2) for t in F.linear(h, sd["to_qkv.weight"]).chunk(3, -1))
+    if rope is not None:
+        q, k = rope_2d(q, *rope), rope_2d(k, *rope)
+    attn = _softmax_scores(q @ k.transpose(-1, -2) * dim_head ** -0.5, causal)
+    return _out(sd, (attn @ v).transpose(1, 2).flatten(-2))
+
+
+def _sub(sd, prefix):
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _trunk(sd, x, *, depth, mixer):
+    for i in range(depth):
+        x = mixer(i, _sub(sd, f"translution.layers.{i}.0."), x) + x
+        ff = _sub(sd, f"translution.layers.{i}.1.net.")
+        y = F.layer_norm(x, x.shape[-1:], ff["0.weight"], ff["0.bias"])
+        x = F.linear(F.gelu(F.linear(y, ff["1.weight"], ff["1.bias"])), ff["4.weight"], ff["4.bias"]) + x
+    return F.layer_norm(x, x.shape[-1:], sd["translution.norm.weight"], sd["translution.norm.bias"])
+
+
+def _mixer(kind_layout, size, actual, variant, heads, dim_head):
+    is_alpha = variant.lower().startswith("alpha_")
+    relative = variant.lower().removeprefix("alpha_")
+
+    def run(i, block_sd, x):
+        if not any(k.startswith("to_") and k.split(".")[0] not in ("to_qkv", "to_out") for k in block_sd):
+            rope = actual if "rope.cos_cached" in block_sd else None
+            return attention(block_sd, x, heads=heads, dim_head=dim_head, causal=kind_layout == "causal", rope=rope)
+        return reference_forward(block_sd, x, alpha=is_alpha, layout=kind_layout, size=size, heads=heads,
+                                 dim_head=dim_head, relative=relative, actual=actual if kind_layout != "causal" else x.shape[1])
+    return run
+
+
+def vit(sd, img, *, variant, patch, grid, heads, dim_head, pool="cls"):
+    """The reference ViT forward: patches via unfold, (p1 p2 c) order, LN-Linear-LN, class token first."""
+    b, c, hh, ww = img.shape
+    h, w = hh // patch, ww // patch
+    patches = F.unfold(img, patch, stride=patch).view(b, c, patch, patch, h * w).permute(0, 4, 2, 3, 1).flatten(2)
+    pe = _sub(sd, "to_patch_embedding.")
+    x = F.layer_norm(patches, patches.shape[-1:], pe["1.weight"], pe["1.bias"])
+    x = F.linear(x, pe["2.weight"], pe["2.bias"])
+    x = F.layer_norm(x, x.shape[-1:], pe["3.weight"], pe["3.bias"])
+    x = torch.cat([sd["cls_token"].expand(b, -1, -1), x], dim=1)
+    if "pos_embedding" in sd:
+        x = x + sd["pos_embedding"][:, : x.shape[1]]
+    depth = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("translution.layers."))
+    x = _trunk(sd, x, depth=depth, mixer=_mixer("2d_cls", grid, (h, w), variant, heads, dim_head))
+    x = x.mean(1) if pool == "mean" else x[:, 0]
+    return F.linear(x, sd["mlp_head.weight"], sd["mlp_head.bias"])
+
+
+def gpt(sd, tokens, *, variant, seq_len, heads, dim_head):
+    """The reference GPT forward: embeddings, causal blocks, trunk LayerNorm, head LayerNorm, LM head."""
+    x = F.embedding(tokens, sd["wte.weight"])
+    if "wpe.weight" in sd:
+        x = x + sd["wpe.weight"][: tokens.shape[1]]
+    depth = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("translution.layers."))
+    x = _trunk(sd, x, depth=depth, mixer=_mixer("causal", seq_len, None, variant, heads, dim_head))
+    x = F.layer_norm(x, x.shape[-1:], sd["norm.weight"], sd["norm.bias"])
+    return F.linear(x, sd["output_head.weight"])
