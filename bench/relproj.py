@@ -18,16 +18,14 @@ RSS growth; CUDA: max_memory_allocated) is its own.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
-import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import PeakMemory, device_name, run_worker, timed, write_results  # noqa: E402
 
 CASES = {
     "1d_n256": ("1d", 256),
@@ -42,24 +40,6 @@ def make_index(case: str) -> torch.Tensor:
     layout, size = CASES[case]
     ix = indexing.offset_index_1d(size) if layout == "1d" else indexing.offset_index_2d_cls(size)
     return ix.key, ix.num_classes
-
-
-def timed(fn, device: str, repeat: int) -> float:
-    fn()  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def worker(args) -> dict:
@@ -104,31 +84,15 @@ def worker(args) -> dict:
         def both():
             sdpa(q, k, v).backward(go)
 
-    if dev == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = peak_rss_bytes()
+    memory = PeakMemory(dev)
     t_fwd = timed(fwd, dev, args.repeat)
     t_both = timed(both, dev, args.repeat)
-    peak = (torch.cuda.max_memory_allocated() if dev == "cuda" else peak_rss_bytes()) - base
     return {
         "case": args.case, "impl": args.impl, "rows_measured": rows, "rows_total": N,
         "fwd_s": t_fwd, "bwd_s": max(t_both - t_fwd, 0.0), "fwd_bwd_s": t_both,
         "useful_gflops_fwd": flops_fwd / t_fwd / 1e9, "useful_gflops_fwd_bwd": 3 * flops_fwd / t_both / 1e9,
-        "peak_extra_mem_mb": peak / 2**20,
+        "peak_extra_mem_mb": memory.extra_mb(),
     }
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:
@@ -150,18 +114,13 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    import translution_ext
-
     results = []
     for case in args.cases:
         for impl in IMPLS:
-            cmd = [sys.executable, os.path.abspath(__file__), "--impl", impl, "--case", case,
-                   "--device", args.device, "--dtype", args.dtype, "--batch", str(args.batch),
-                   "--dim", str(args.dim), "--repeat", str(args.repeat), "--ref-mem-gb", str(args.ref_mem_gb)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"{impl} on {case} failed:\n{done.stderr}")
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            results.append(run_worker(__file__, [
+                "--impl", impl, "--case", case, "--device", args.device, "--dtype", args.dtype,
+                "--batch", str(args.batch), "--dim", str(args.dim), "--repeat", str(args.repeat),
+                "--ref-mem-gb", str(args.ref_mem_gb)]))
 
     print(f"relative_offset_projection, {args.device} ({device_name(args.device)}), {args.dtype}, "
           f"B={args.batch}, C=D={args.dim}")
@@ -187,19 +146,9 @@ def main() -> None:
         ours, sdpa = by_impl["ours"], by_impl["sdpa"]
         print(f"{'':14} ours / sdpa fwd+bwd time: {ours['fwd_bwd_s'] / sdpa['fwd_bwd_s']:.1f}x")
 
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"relproj_{args.device}_{args.dtype}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    meta = {
-        "benchmark": "relative_offset_projection", "device": device_name(args.device),
-        "device_type": args.device, "dtype": args.dtype, "batch": args.batch, "C": args.dim, "D": args.dim,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "translution_ext": translution_ext.build_info(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "flops_formula": "fwd 2*B*Nq*Nk*C*D; fwd+bwd 3x that",
-    }
-    with open(out, "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=2)
+    out = write_results("relproj", args.device, args.dtype, {
+        "batch": args.batch, "C": args.dim, "D": args.dim,
+        "flops_formula": "fwd 2*B*Nq*Nk*C*D; fwd+bwd 3x that"}, results, args.out)
     print(f"wrote {out}")
 
 

@@ -56,14 +56,13 @@ def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 def pair_scores(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
     """<q_ij, k_ij> per head: (B, H, N, N) from shared or relative q and k."""
-    q, k = _heads(q, heads), _heads(k, heads)
-    if q.dim() == 4 and k.dim() == 4:
-        return torch.einsum("bihd,bjhd->bhij", q, k)
-    if q.dim() == 5 and k.dim() == 4:
-        return torch.einsum("bijhd,bjhd->bhij", q, k)
-    if q.dim() == 4:
-        return torch.einsum("bihd,bijhd->bhij", q, k)
-    return torch.einsum("bijhd,bijhd->bhij", q, k)
+    if q.dim() == 3 and k.dim() == 3:  # both shared: an ordinary batched GEMM
+        return torch.einsum("bihd,bjhd->bhij", _heads(q, heads), _heads(k, heads))
+    # A relative operand makes this a per-pair dot product: memory-bound, so a
+    # broadcast multiply and a reduction beat a batched GEMM of 1 x d matrices.
+    q = q[:, :, None] if q.dim() == 3 else q  # shared q_i serves every j
+    k = k[:, None] if k.dim() == 3 else k  # shared k_j serves every i
+    return _heads(q * k, heads).sum(-1).permute(0, 3, 1, 2)
 
 
 def attention_weights(scores: torch.Tensor, causal: bool, dropout: float, training: bool) -> torch.Tensor:
@@ -79,12 +78,10 @@ def attention_weights(scores: torch.Tensor, causal: bool, dropout: float, traini
 def weighted_sum(attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """o_i = sum_j a_ij v_ij: (B, H, N, N) with shared or relative v -> (B, N, H·d)."""
     heads = attn.shape[1]
-    v = _heads(v, heads)
-    if v.dim() == 4:
-        out = torch.einsum("bhij,bjhd->bihd", attn, v)
-    else:
-        out = torch.einsum("bhij,bijhd->bihd", attn, v)
-    return out.flatten(-2)
+    if v.dim() == 3:  # shared: an ordinary batched GEMM
+        return torch.einsum("bhij,bjhd->bihd", attn, _heads(v, heads)).flatten(-2)
+    weights = attn.permute(0, 2, 3, 1)[..., None]  # (B, N, N, H, 1)
+    return (weights * _heads(v, heads)).sum(2).flatten(-2)
 
 
 def combine_scores(plain: torch.Tensor, relative: Optional[torch.Tensor], alpha: float) -> torch.Tensor:

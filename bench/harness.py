@@ -1,0 +1,87 @@
+"""What the benchmark scripts share: timing, peak memory, one subprocess per measurement, results files."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from typing import Callable, List
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def timed(fn: Callable[[], object], device: str, repeat: int) -> float:
+    """Best wall time of ``repeat`` calls after one warm-up call."""
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+class PeakMemory:
+    """Peak memory growth from construction: CUDA max_memory_allocated, CPU peak RSS."""
+
+    def __init__(self, device: str):
+        self.device = device
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self._rss()
+
+    @staticmethod
+    def _rss() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def extra_mb(self) -> float:
+        peak = torch.cuda.max_memory_allocated() if self.device == "cuda" else self._rss()
+        return (peak - self.base) / 2**20
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor()
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def run_worker(script: str, args: List[str]) -> dict:
+    """Runs ``script --worker ...`` in a fresh process (its own peak memory) and returns its JSON line."""
+    done = subprocess.run([sys.executable, os.path.abspath(script), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def write_results(name: str, device: str, dtype: str, meta: dict, results: list, out: str = None) -> str:
+    """Writes bench/results/<name>_<device>_<dtype>.json with the environment; returns the path."""
+    import translution_ext
+
+    out = out or os.path.join(RESULTS_DIR, f"{name}_{device}_{dtype}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    meta = {
+        "benchmark": name, "device": device_name(device), "device_type": device, "dtype": dtype,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "translution_ext": translution_ext.build_info(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **meta,
+    }
+    with open(out, "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=2)
+    return out
