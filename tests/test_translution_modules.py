@@ -259,3 +259,39 @@ def test_native_and_reference_backends_agree_in_float32():
     ref.load_state_dict(native.state_dict())
     x = torch.randn(3, 10, DIM)
     torch.testing.assert_close(native(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout,size", [("causal", 6), ("2d_cls", (2, 3))])
+@pytest.mark.parametrize("alpha", [False, True], ids=["translution", "alpha"])
+def test_half_precision_within_twice_the_reference_error(alpha, layout, size, dtype):
+    from conftest import assert_close_to_reference
+
+    torch.manual_seed(0)
+    block = build(alpha, layout, size, "qkv").double()
+    randomize_(block)
+    x = torch.randn(2, num_tokens(layout, size, None), DIM, dtype=torch.float64)
+    sd = compat.export_official_attention(block)
+    kw = dict(alpha=alpha, layout=layout, size=size, heads=HEADS, dim_head=DIM_HEAD, relative="qkv")
+    exact = spec.reference_forward(sd, x, **kw)
+    same_dtype_ref = spec.reference_forward({k: v.to(dtype) for k, v in sd.items()}, x.to(dtype), **kw)
+    assert_close_to_reference(block.to(dtype)(x.to(dtype)), exact, same_dtype_ref)
+
+
+@pytest.mark.parametrize("alpha", [False, True], ids=["translution", "alpha"])
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_block_matches_cpu(alpha):
+    torch.manual_seed(0)
+    block = build(alpha, "2d_cls", (3, 3), "qkv")
+    x = torch.randn(2, 10, DIM, requires_grad=True)
+    y = block(x)
+    y.sum().backward()
+    cuda_block = build(alpha, "2d_cls", (3, 3), "qkv").cuda()
+    cuda_block.load_state_dict(block.state_dict())
+    xc = x.detach().cuda().requires_grad_()
+    yc = cuda_block(xc, grid=None)
+    yc.sum().backward()
+    torch.testing.assert_close(yc.cpu(), y, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(xc.grad.cpu(), x.grad, atol=1e-4, rtol=1e-4)
+    for (name, p), pc in zip(block.named_parameters(), cuda_block.parameters()):
+        torch.testing.assert_close(pc.grad.cpu(), p.grad, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
