@@ -85,3 +85,25 @@ def write_results(name: str, device: str, dtype: str, meta: dict, results: list,
     with open(out, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=2)
     return out
+
+
+def add_common_args(parser, cases) -> None:
+    """Options every benchmark script takes, and the hidden ones of its worker processes."""
+    import argparse
+
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default=None, help="float32 on CPU, bfloat16 on CUDA by default")
+    parser.add_argument("--batch", type=int, default=None, help="8 on CPU, 64 on CUDA by default")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cases", nargs="*", default=list(cases))
+    parser.add_argument("--out", default=None, help="JSON path (default bench/results/<name>_<device>_<dtype>.json)")
+    parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+
+
+def parse_common_args(parser):
+    """Parses and fills the device-dependent defaults (fp32 and batch 8 on CPU, bf16 and 64 on CUDA)."""
+    args = parser.parse_args()
+    args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+    args.batch = args.batch or (8 if args.device == "cpu" else 64)
+    return args

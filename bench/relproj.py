@@ -25,7 +25,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import PeakMemory, device_name, run_worker, timed, write_results  # noqa: E402
+from harness import (PeakMemory, add_common_args, device_name, parse_common_args, run_worker, timed,
+                     write_results)  # noqa: E402
 
 CASES = {
     "1d_n256": ("1d", 256),
@@ -97,19 +98,10 @@ def worker(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default=None, help="float32 on CPU, bfloat16 on CUDA by default")
-    p.add_argument("--batch", type=int, default=None, help="8 on CPU, 64 on CUDA by default")
+    add_common_args(p, CASES)
     p.add_argument("--dim", type=int, default=192, help="C = D")
-    p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--ref-mem-gb", type=float, default=2.0)
-    p.add_argument("--cases", nargs="*", default=list(CASES))
-    p.add_argument("--out", default=None, help="JSON path (default bench/results/relproj_<device>_<dtype>.json)")
-    p.add_argument("--impl", help=argparse.SUPPRESS)
-    p.add_argument("--case", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
-    args.batch = args.batch or (8 if args.device == "cpu" else 64)
+    args = parse_common_args(p)
     if args.impl:
         print(json.dumps(worker(args)))
         return

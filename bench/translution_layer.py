@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import PeakMemory, device_name, run_worker, timed, write_results  # noqa: E402
+from harness import (PeakMemory, add_common_args, device_name, parse_common_args, run_worker, timed,
+                     write_results)  # noqa: E402
 
 CASES = {"vit_tiny_14x14_cls": (14, 14), "grid_7x7_cls": (7, 7)}
 IMPLS = ("ours", "reference", "reference_einsum", "gemm", "attention")
@@ -142,20 +143,11 @@ def measure_reference(script_args, impl: str, case: str, n: int, rows_budget: in
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default=None, help="float32 on CPU, bfloat16 on CUDA by default")
-    p.add_argument("--batch", type=int, default=None, help="8 on CPU, 64 on CUDA by default")
-    p.add_argument("--repeat", type=int, default=3)
+    add_common_args(p, CASES)
     p.add_argument("--ref-mem-gb", type=float, default=6.0,
-                   help="memory the reference may use; above it, it runs on fewer query rows")
-    p.add_argument("--cases", nargs="*", default=list(CASES))
-    p.add_argument("--out", default=None)
-    p.add_argument("--impl", help=argparse.SUPPRESS)
-    p.add_argument("--case", help=argparse.SUPPRESS)
+                   help="memory a reference may use; above it, it runs on fewer query rows")
     p.add_argument("--rows", type=int, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
-    args.batch = args.batch or (8 if args.device == "cpu" else 64)
+    args = parse_common_args(p)
     if args.impl:
         print(json.dumps(worker(args)))
         return

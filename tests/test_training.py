@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -41,15 +40,10 @@ def tiny_vit():
                tln_num=1, relative="qkv")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank: int, world: int, out_dir: str) -> None:
+    # A file rendezvous: no TCP port to pick or race for.
+    store = os.path.join(out_dir, "rendezvous")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(tiny_vit())
@@ -60,11 +54,14 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     loss.backward()
     if rank == 0:
         torch.save({n: p.grad for n, p in model.module.named_parameters()}, os.path.join(out_dir, "ddp.pt"))
+    # Both ranks leave together: a rank tearing gloo down while the other still
+    # uses it aborts the process.
+    dist.barrier()
     dist.destroy_process_group()
 
 
 def test_ddp_gloo_two_processes_match_one(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     ddp_grads = torch.load(tmp_path / "ddp.pt", weights_only=True)
     torch.manual_seed(0)
     model = tiny_vit()

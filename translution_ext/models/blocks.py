@@ -1,7 +1,7 @@
 """Pre-norm residual blocks shared by the ViT and GPT models (spec §5)."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -60,3 +60,11 @@ def check_tln_num(tln_num: Optional[int], depth: int) -> int:
     if not isinstance(tln_num, int) or not 0 <= tln_num <= depth:
         raise ValueError(f"tln_num must be an int in [0, depth={depth}], got {tln_num!r}")
     return tln_num
+
+
+def stack_blocks(depth: int, tln_num: int, relative_mixer: Callable[[], nn.Module],
+                 plain_mixer: Callable[[], nn.Module], dim: int, mlp_dim: int, dropout: float) -> nn.ModuleList:
+    """``depth`` blocks: the first ``tln_num`` mix tokens with ``relative_mixer()``, the rest ``plain_mixer()``."""
+    return nn.ModuleList(
+        Block(relative_mixer() if i < tln_num else plain_mixer(), FeedForward(dim, mlp_dim, dropout))
+        for i in range(depth))

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..nn import Attention
-from .blocks import Block, FeedForward, check_tln_num, make_mixer
+from .blocks import check_tln_num, make_mixer, stack_blocks
 from .configs import config
 
 
@@ -36,16 +36,13 @@ class GPT(nn.Module):
         self.pos_embed = nn.Embedding(seq_len, dim) if pos_embedding else None
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.tln_num = check_tln_num(tln_num, depth)
-        blocks = []
-        for i in range(depth):
-            if i < self.tln_num:
-                token_mixer = make_mixer(mixer, dim=dim, heads=heads, dim_head=dim_head, dropout=dropout,
-                                         layout="causal", size=seq_len, relative=relative,
-                                         dim_relenc=dim_relenc, alpha=alpha, backend=backend)
-            else:
-                token_mixer = Attention(dim, heads, dim_head, dropout, causal=True)
-            blocks.append(Block(token_mixer, FeedForward(dim, mlp_dim, dropout)))
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = stack_blocks(
+            depth, self.tln_num,
+            lambda: make_mixer(mixer, dim=dim, heads=heads, dim_head=dim_head, dropout=dropout, layout="causal",
+                               size=seq_len, relative=relative, dim_relenc=dim_relenc, alpha=alpha,
+                               backend=backend),
+            lambda: Attention(dim, heads, dim_head, dropout, causal=True),
+            dim, mlp_dim, dropout)
         self.norm = nn.LayerNorm(dim)
         self.head_norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)

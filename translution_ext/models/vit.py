@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..nn import Attention
-from .blocks import Block, FeedForward, check_tln_num, make_mixer
+from .blocks import check_tln_num, make_mixer, stack_blocks
 from .configs import config
 
 HYBRID_ATTENTION = ("rope2d", "plain")
@@ -60,17 +60,14 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.tln_num = check_tln_num(tln_num, depth)
-        blocks = []
-        for i in range(depth):
-            if i < self.tln_num:
-                token_mixer = make_mixer(mixer, dim=dim, heads=heads, dim_head=dim_head, dropout=dropout,
-                                         layout="2d_cls", size=self.grid, relative=relative,
-                                         dim_relenc=dim_relenc, alpha=alpha, backend=backend)
-            else:
-                rope = self.grid if hybrid_attention == "rope2d" else None
-                token_mixer = Attention(dim, heads, dim_head, dropout, rope_grid=rope, cls_token=True)
-            blocks.append(Block(token_mixer, FeedForward(dim, mlp_dim, dropout)))
-        self.blocks = nn.ModuleList(blocks)
+        rope = self.grid if hybrid_attention == "rope2d" else None
+        self.blocks = stack_blocks(
+            depth, self.tln_num,
+            lambda: make_mixer(mixer, dim=dim, heads=heads, dim_head=dim_head, dropout=dropout, layout="2d_cls",
+                               size=self.grid, relative=relative, dim_relenc=dim_relenc, alpha=alpha,
+                               backend=backend),
+            lambda: Attention(dim, heads, dim_head, dropout, rope_grid=rope, cls_token=True),
+            dim, mlp_dim, dropout)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
