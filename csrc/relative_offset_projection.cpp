@@ -7,8 +7,6 @@
 
 namespace translution_ext {
 
-namespace {
-
 std::string shape_str(const at::Tensor& t) {
   std::ostringstream s;
   s << "(";
@@ -16,6 +14,8 @@ std::string shape_str(const at::Tensor& t) {
   s << (t.dim() == 1 ? ",)" : ")");
   return s.str();
 }
+
+namespace {
 
 bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;

@@ -12,7 +12,12 @@
 #include <c10/macros/Macros.h>
 #include <c10/util/string_view.h>
 
+#include <string>
+
 namespace translution_ext {
+
+// "(2, 3, 4)": a tensor's shape for error messages.
+std::string shape_str(const at::Tensor& t);
 
 enum class ProjectionSide { Key, Query };
 
