@@ -72,11 +72,14 @@ TOL = {torch.float64: dict(atol=1e-10, rtol=1e-9), torch.float32: dict(atol=2e-5
 @pytest.mark.parametrize("layout,size,actual", LAYOUTS)
 @pytest.mark.parametrize("relative", VARIANTS)
 @pytest.mark.parametrize("alpha", [False, True], ids=["translution", "alpha"])
-@pytest.mark.parametrize("dtype,backend", [(torch.float64, "native"), (torch.float64, "reference"),
-                                           (torch.float32, "auto")], ids=["f64-native", "f64-reference", "f32-auto"])
+@pytest.mark.parametrize("dtype,backend", [(torch.float64, "fused"), (torch.float64, "native"),
+                                           (torch.float64, "reference"), (torch.float32, "auto")],
+                         ids=["f64-fused", "f64-native", "f64-reference", "f32-auto"])
 def test_block_matches_spec_forward_and_grads(alpha, relative, layout, size, actual, dtype, backend):
-    if backend == "native" and not translution_ext.has_native():
+    if backend in ("native", "fused") and not translution_ext.has_native():
         pytest.skip("native library not loaded")
+    if backend == "fused" and alpha:
+        pytest.skip("α-Translution has no fused kernels")
     block, x, y, sd, x_ref, y_ref = run_pair(alpha, layout, size, actual, relative, dtype, backend)
     torch.testing.assert_close(y, y_ref, **TOL[dtype])
     g = torch.randn_like(y)
@@ -172,8 +175,10 @@ def test_bad_arguments():
         Translution(DIM, layout="2d", max_len=4)
     with pytest.raises(ValueError, match="needs max_len"):
         Translution(DIM, layout="causal")
-    with pytest.raises(ValueError, match="backend must be one of 'auto', 'native', 'reference'"):
-        Translution(DIM, layout="1d", max_len=4, backend="fused")
+    with pytest.raises(ValueError, match="backend must be one of 'auto', 'fused', 'native', 'reference'"):
+        Translution(DIM, layout="1d", max_len=4, backend="fast")
+    with pytest.raises(ValueError, match="backend='fused' is not available for AlphaTranslution"):
+        AlphaTranslution(DIM, layout="1d", max_len=4, backend="fused")
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         AlphaTranslution(DIM, layout="1d", max_len=4, alpha=1.5)
 

@@ -10,7 +10,7 @@ from ._native import build_info, has_native
 from . import indexing, ops, reference
 from . import nn, models, compat
 from .indexing import RelativeIndex
-from .ops import relative_offset_projection
+from .ops import relative_offset_projection, translution_attention
 
 __all__ = [
     "RelativeIndex",
@@ -23,5 +23,6 @@ __all__ = [
     "ops",
     "reference",
     "relative_offset_projection",
+    "translution_attention",
 ]
 __version__ = "0.1.0"

@@ -66,11 +66,9 @@ def has_native() -> bool:
     return LOAD_ERROR is None
 
 
-def _native_device_types() -> frozenset[str]:
-    """Device types for which the library registers every relative-offset-projection op."""
+def _device_types(*ops: str) -> frozenset[str]:
+    """Device types for which the library registers a kernel of every op in ``ops``."""
     if LOAD_ERROR is None:
-        ops = ("relative_offset_projection", "relative_offset_projection_grad_x",
-               "relative_offset_projection_grad_weight")
         return frozenset(
             device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
             if all(torch._C._dispatch_has_kernel_for_dispatch_key(f"translution_ext::{op}", key) for op in ops)
@@ -78,8 +76,10 @@ def _native_device_types() -> frozenset[str]:
     return frozenset()
 
 
-# Computed once: a constant that torch.compile can trace through.
-NATIVE_DEVICE_TYPES: frozenset[str] = _native_device_types()
+# Computed once: constants that torch.compile can trace through.
+NATIVE_DEVICE_TYPES: frozenset[str] = _device_types(
+    "relative_offset_projection", "relative_offset_projection_grad_x", "relative_offset_projection_grad_weight")
+FUSED_DEVICE_TYPES: frozenset[str] = _device_types("translution_attention", "translution_attention_backward")
 
 
 def build_info() -> dict[str, Any]:
@@ -95,6 +95,7 @@ def build_info() -> dict[str, Any]:
         "torch_runtime": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
         "native_device_types": sorted(NATIVE_DEVICE_TYPES),
+        "fused_device_types": sorted(FUSED_DEVICE_TYPES),
     }
     if LOAD_ERROR is None:
         info.update(json.loads(torch.ops.translution_ext.build_info()))

@@ -10,7 +10,7 @@ import torch
 from . import _native
 from .reference import relative_offset_projection_by_class
 
-__all__ = ["relative_offset_projection"]
+__all__ = ["relative_offset_projection", "translution_attention"]
 
 _SIDES = ("key", "query")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -150,3 +150,6 @@ def _register_native() -> None:
 
 if _native.has_native():
     _register_native()
+
+
+from .fused_attention import translution_attention  # noqa: E402  (registers its op on import)

@@ -11,6 +11,7 @@
 // and the token gradients go to per-thread buffers summed in thread order.
 // Nothing of size N x N x (C or D) is stored; the per-block scores are O(B·H·rows·N).
 #include <ATen/Parallel.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -73,6 +74,8 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(
     const std::optional<at::Tensor>& vt, const std::optional<at::Tensor>& q,
     const std::optional<at::Tensor>& k, const std::optional<at::Tensor>& v, const at::Tensor& key_index,
     const at::Tensor& query_index, int64_t heads, double scale, bool causal) {
+  // The kernel computes in its own precision: autocast must not recast its inner products.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const AttentionInputs in = make_inputs(x, qt, kt, vt, q, k, v, key_index, query_index, heads, scale, causal);
   const AttentionPlan plan = prepare_attention(in);
   const Operands o = to_opmath(in);
@@ -127,6 +130,7 @@ attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const st
                        const std::optional<at::Tensor>& v, const at::Tensor& key_index,
                        const at::Tensor& query_index, const at::Tensor& out, const at::Tensor& lse,
                        int64_t heads, double scale, bool causal) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const AttentionInputs in = make_inputs(x, qt, kt, vt, q, k, v, key_index, query_index, heads, scale, causal);
   const AttentionPlan plan = prepare_attention(in);
   const int64_t B = plan.B, N = plan.N, C = plan.C, H = plan.H, D = plan.D, G = plan.num_groups();

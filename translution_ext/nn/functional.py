@@ -14,27 +14,40 @@ import torch.nn.functional as F
 
 from .. import _native, ops, reference
 
-BACKENDS = ("auto", "native", "reference")
+BACKENDS = ("auto", "fused", "native", "reference")
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend that will run on ``device``: "native" or "reference".
+def _why_not(backend: str, device: torch.device, dropout_active: bool, fused_block: bool) -> Optional[str]:
+    """None when ``backend`` can run here, else the reason."""
+    if backend == "reference":
+        return None
+    if backend == "fused" and not fused_block:
+        return "this block has no fused kernels (only Translution has)"
+    if not _native.has_native():
+        return f"the native library is not loaded: {_native.LOAD_ERROR}"
+    types = _native.FUSED_DEVICE_TYPES if backend == "fused" else _native.NATIVE_DEVICE_TYPES
+    if device.type not in types:
+        return f"the native library has no {backend} kernels for device type {device.type!r} (built for {sorted(types)})"
+    if backend == "fused" and dropout_active:
+        return "the fused kernels do not apply dropout to the attention weights (dropout > 0 in training)"
+    return None
 
-    "auto" picks the native kernels when they are loaded and built for the
-    device; a forced "native" that cannot run raises RuntimeError saying why.
+
+def resolve_backend(backend: str, device: torch.device, dropout_active: bool = False,
+                    fused_block: bool = True) -> str:
+    """The backend that will run on ``device``: "fused", "native" or "reference".
+
+    "auto" picks the first that can run of fused (memory-linear kernels), native
+    (relative-offset projection kernels) and reference (pure PyTorch); a forced
+    backend that cannot run raises RuntimeError saying why.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    native_ok = device.type in _native.NATIVE_DEVICE_TYPES
     if backend == "auto":
-        return "native" if native_ok else "reference"
-    if backend == "native" and not native_ok:
-        if not _native.has_native():
-            reason = f"the native library is not loaded: {_native.LOAD_ERROR}"
-        else:
-            reason = (f"the native library has no kernels for device type {device.type!r} "
-                      f"(built for {sorted(_native.NATIVE_DEVICE_TYPES)})")
-        raise RuntimeError(f"backend='native' cannot run: {reason}; use backend='auto' or 'reference'")
+        return next(b for b in BACKENDS[1:] if _why_not(b, device, dropout_active, fused_block) is None)
+    reason = _why_not(backend, device, dropout_active, fused_block)
+    if reason is not None:
+        raise RuntimeError(f"backend={backend!r} cannot run: {reason}; use backend='auto' or 'reference'")
     return backend
 
 

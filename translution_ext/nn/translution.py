@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ..fused_attention import translution_attention
 from .functional import attention_weights, pair_scores, project_relative, weighted_sum
 from .relative_block import ROLES, RelativeBlock, new_table
 
@@ -29,12 +30,16 @@ class Translution(RelativeBlock):
         grid: (Hg, Wg) for the 2D layouts; forward takes any smaller ``grid``.
         relative: the relative roles, any of "qkv", "qk", "qv", "kv", "q", "k", "v".
         dropout: on the attention weights and the output projection (training only).
-        backend: "auto", "native" (compiled kernels) or "reference" (pure PyTorch).
+        backend: "auto" (the first that can run of the three), "fused" (memory-linear
+            kernels: no per-pair tensors; not with attention dropout in training),
+            "native" (relative-offset projection kernels) or "reference" (pure PyTorch).
 
     Parameters: ``q_table``/``k_table``/``v_table`` of shape (R, dim, D) for the
     relative roles, ``shared_proj`` (dim -> n·D) for the others, ``norm``,
     ``out_proj``.
     """
+
+    has_fused_kernels = True
 
     def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, layout: str = "1d",
                  max_len: Optional[int] = None, grid: Optional[Tuple[int, int]] = None,
@@ -52,6 +57,11 @@ class Translution(RelativeBlock):
         roles = {}
         if self.shared:
             roles.update(zip(self.shared, self.shared_proj(h).chunk(len(self.shared), dim=-1)))
+        if backend == "fused":
+            tables = {f"{r}_table": getattr(self, f"{r}_table") for r in self.relative}
+            o = translution_attention(h, key_index=key_index, query_index=query_index, heads=self.heads,
+                                      scale=self.scale, causal=self.layout.causal, **tables, **roles)
+            return self._output(o)
         for role in self.relative:
             table = getattr(self, f"{role}_table")
             if role == "q":
