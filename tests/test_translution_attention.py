@@ -1,0 +1,177 @@
+"""The fused translution_attention op: reference equality, gradcheck, opcheck, edges, memory, errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import translution_ext
+from translution_ext import indexing
+from translution_ext.fused_attention import _unfused
+from translution_ext.ops import translution_attention
+
+from conftest import requires_native
+
+pytestmark = requires_native
+HEADS, C, D = 2, 6, 8
+
+
+def maps(layout: str, size):
+    if layout == "1d":
+        return indexing.offset_index_1d(size)
+    if layout == "causal":
+        return indexing.offset_index_causal_1d(size)
+    if layout == "2d":
+        return indexing.offset_index_2d(size)
+    return indexing.offset_index_2d_cls(size)
+
+
+def inputs(layout, size, relative, dtype=torch.float64, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ix = maps(layout, size)
+    n = ix.key.shape[0]
+    x = torch.randn(batch, n, C, generator=g, dtype=dtype)
+    kw = dict(key_index=ix.key, query_index=ix.query, heads=HEADS, causal=layout == "causal")
+    for role in "qkv":
+        if role in relative:
+            kw[f"{role}_table"] = torch.randn(ix.num_classes, C, D, generator=g, dtype=dtype) * C ** -0.5
+        else:
+            kw[role] = torch.randn(batch, n, D, generator=g, dtype=dtype)
+    return x, kw
+
+
+def differentiable(x, kw):
+    x = x.clone().requires_grad_()
+    kw = {k: (v.clone().requires_grad_() if k not in ("key_index", "query_index") and torch.is_tensor(v) else v)
+          for k, v in kw.items()}
+    return x, kw
+
+
+def unfused(x, kw):
+    tables = tuple(kw.get(f"{r}_table") for r in "qkv")
+    shared = tuple(kw.get(r) for r in "qkv")
+    scale = (D // HEADS) ** -0.5
+    return _unfused(x, tables, shared, kw["key_index"], kw["query_index"], HEADS, scale, kw["causal"])
+
+
+CASES = [("1d", 40), ("1d", 1), ("causal", 5), ("causal", 37), ("2d", (3, 4)), ("2d_cls", (2, 3))]
+
+
+@pytest.mark.parametrize("relative", ["qkv", "qk", "qv", "kv", "q", "k", "v"])
+@pytest.mark.parametrize("layout,size", CASES)
+def test_matches_unfused_reference_forward_and_backward(layout, size, relative):
+    # 40 and 37 tokens are not multiples of the 32-row query blocks; causal 5 is shorter than one.
+    x, kw = inputs(layout, size, relative)
+    x1, kw1 = differentiable(x, kw)
+    x2, kw2 = differentiable(x, kw)
+    out = translution_attention(x1, **kw1)
+    ref = unfused(x2, kw2)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-12, rtol=1e-10)
+    for name, value in kw1.items():
+        if torch.is_tensor(value) and value.requires_grad:
+            torch.testing.assert_close(value.grad, kw2[name].grad, atol=1e-12, rtol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout,size,relative", [("2d_cls", (3, 3), "qkv"), ("causal", 9, "kv")])
+def test_lower_precision_within_twice_the_reference_error(layout, size, relative, dtype):
+    from conftest import assert_close_to_reference
+
+    x, kw = inputs(layout, size, relative)
+    exact = unfused(x, kw)
+    low = {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in kw.items()}
+    assert_close_to_reference(translution_attention(x.to(dtype), **low), exact, unfused(x.to(dtype), low))
+
+
+@pytest.mark.parametrize("layout,size,relative", [("causal", 4, "qkv"), ("2d_cls", (2, 2), "kv"), ("1d", 3, "q")])
+def test_gradcheck_float64(layout, size, relative):
+    x, kw = inputs(layout, size, relative, batch=1)
+    names = [k for k, v in kw.items() if torch.is_tensor(v) and v.is_floating_point()]
+    fixed = {k: v for k, v in kw.items() if k not in names}
+
+    def f(x, *tensors):
+        return translution_attention(x, **fixed, **dict(zip(names, tensors)))
+
+    args = [x.requires_grad_()] + [kw[n].requires_grad_() for n in names]
+    assert torch.autograd.gradcheck(f, args)
+
+
+@pytest.mark.parametrize("layout,size,relative", [("causal", 6, "qkv"), ("2d_cls", (2, 2), "qv")])
+def test_opcheck(layout, size, relative):
+    x, kw = inputs(layout, size, relative, dtype=torch.float32)
+    args = (x, *(kw.get(f"{r}_table") for r in "qkv"), *(kw.get(r) for r in "qkv"),
+            kw["key_index"], kw["query_index"], HEADS, (D // HEADS) ** -0.5, kw["causal"])
+    args = tuple(a.requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+    torch.library.opcheck(torch.ops.translution_ext.translution_attention.default, args)
+
+
+def test_deterministic():
+    x, kw = inputs("2d_cls", (4, 4), "qkv", dtype=torch.float32)
+    grads = []
+    for _ in range(2):
+        x1, kw1 = differentiable(x, kw)
+        translution_attention(x1, **kw1).square().sum().backward()
+        grads.append(torch.cat([x1.grad.flatten()] + [kw1[f"{r}_table"].grad.flatten() for r in "qkv"]))
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_saves_no_per_pair_tensors():
+    # Everything autograd keeps must be O(B·N·(C + D) + parameters), not O(N²·D).
+    x, kw = inputs("1d", 96, "qkv", dtype=torch.float32)
+    x, kw = differentiable(x, kw)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = translution_attention(x, **kw)
+    n = x.shape[1]
+    float_bytes = sum(t.numel() * t.element_size() for t in saved if t.is_floating_point())
+    inputs_bytes = sum(t.numel() * t.element_size() for t in [x, out, *(kw[f"{r}_table"] for r in "qkv")])
+    per_pair = x.shape[0] * n * n * D * 4
+    assert float_bytes <= inputs_bytes + x.shape[0] * HEADS * n * 4, (float_bytes, inputs_bytes)
+    assert float_bytes < per_pair
+
+
+def test_empty_batch():
+    x, kw = inputs("1d", 5, "kv", batch=0)
+    x, kw = differentiable(x, kw)
+    out = translution_attention(x, **kw)
+    assert out.shape == (0, 5, D)
+    out.sum().backward()
+    assert kw["k_table"].grad.abs().sum() == 0
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    x, kw = inputs("causal", 7, "qkv", dtype=torch.float32)
+    x1, kw1 = differentiable(x, kw)
+    f = torch.compile(lambda x, kw: translution_attention(x, **kw), fullgraph=True, backend="aot_eager")
+    out = f(x1, kw1)
+    out.sum().backward()
+    x2, kw2 = differentiable(x, kw)
+    translution_attention(x2, **kw2).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda kw: kw.update(q=torch.zeros(2, 5, D, dtype=torch.float64)), "exactly one of q_table and q must be given"),
+    (lambda kw: kw.pop("k"), "exactly one of k_table and k must be given"),
+    (lambda kw: kw.update(q_table=kw["q_table"][:, :, :4]), r"k must have the same last dimension D as the other "
+                                                            r"roles \(4\), got \(2, 5, 8\)"),
+    (lambda kw: kw.update(v=kw["v"][:, :3]), r"v must have shape \(B, N, D\) with \(B, N\) == x.shape\[:2\]"),
+    (lambda kw: kw.update(query_index=kw["query_index"] + 100), r"query_index values must lie in \[0, R\) with R = "
+                                                               r"q_table.size\(0\) == 9"),
+    (lambda kw: kw.update(query_index=kw["query_index"][:3]), r"query_index must have shape \(N, N\)"),
+    (lambda kw: kw.update(heads=3), "heads must divide D == 8"),
+    (lambda kw: kw.update(q_table=kw["q_table"].float()), "q_table must have the same dtype as x"),
+])
+def test_bad_inputs_name_the_argument(change, match):
+    x, kw = inputs("1d", 5, "q")
+    change(kw)
+    with pytest.raises((ValueError, TypeError), match=match):
+        translution_attention(x, **kw)
+
+
+def test_build_info_lists_the_fused_devices():
+    assert "cpu" in translution_ext.build_info()["fused_device_types"]
