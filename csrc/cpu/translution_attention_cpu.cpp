@@ -1,6 +1,6 @@
 // Fused Translution attention on CPU.
 //
-// Forward, per block of kRows query rows (one work item each): for every pair group
+// Forward, per block of query rows (one work item each): for every pair group
 // (one q class, one k/v class) the block's pairs gather their token rows and project
 // them with one table row each — dense (B*P, C) x (C, D) GEMMs — into scores kept for
 // the block only, (B, H, rows, N); softmax and the log-sum-exp per row; then the
@@ -23,7 +23,13 @@ namespace translution_ext {
 
 namespace {
 
-constexpr int64_t kRows = 32;
+// Query rows per forward work item: large blocks make large GEMMs, but every thread
+// needs a block.  Rows are computed independently, so the result does not depend on it.
+int64_t rows_per_block(int64_t n) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t even = (n + threads - 1) / threads;
+  return std::clamp<int64_t>((even + 15) / 16 * 16, 16, 128);
+}
 using at::indexing::Slice;
 
 struct Operands {
@@ -84,6 +90,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(
   at::Tensor out = at::empty({B, N, D}, opts);
   at::Tensor lse = at::empty({B, H, N}, opts);
   if (B == 0 || N == 0) return {out.to(x.scalar_type()), lse};
+  const int64_t kRows = rows_per_block(N);
   const int64_t blocks = (N + kRows - 1) / kRows;
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
     for (int64_t blk = first; blk < last; ++blk) {
