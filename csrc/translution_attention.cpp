@@ -16,32 +16,60 @@ at::Tensor index_on_cpu(const at::Tensor& index) {
   return index.to(at::kCPU, at::kLong).contiguous();
 }
 
-void check_role(const AttentionInputs& in, int role, int64_t& D) {
-  const auto& t = in.table[role];
-  const auto& s = in.shared[role];
-  const std::string name = kRole[role];
-  TORCH_CHECK_VALUE(t.has_value() != s.has_value(), kOp, "exactly one of ", name, "_table and ",
-                    name, " must be given (the role is relative or shared), got ",
-                    t.has_value() ? "both" : "neither");
-  const at::Tensor& v = t.has_value() ? *t : *s;
-  const std::string arg = t.has_value() ? name + "_table" : name;
-  TORCH_CHECK_TYPE(v.scalar_type() == in.x.scalar_type(), kOp, arg,
-                   " must have the same dtype as x (", in.x.scalar_type(), "), got ",
-                   v.scalar_type());
-  TORCH_CHECK_VALUE(v.device() == in.x.device(), kOp, arg, " must be on the same device as x (",
-                    in.x.device(), "), got ", v.device());
-  if (t.has_value()) {
-    TORCH_CHECK_VALUE(v.dim() == 3 && v.size(0) > 0 && v.size(1) == in.x.size(2), kOp, arg,
-                      " must have shape (R, C, D) with R > 0 and C == x.size(2) == ", in.x.size(2),
-                      ", got ", shape_str(v));
-  } else {
-    TORCH_CHECK_VALUE(v.dim() == 3 && v.size(0) == in.x.size(0) && v.size(1) == in.x.size(1), kOp,
-                      arg, " must have shape (B, N, D) with (B, N) == x.shape[:2] == (",
-                      in.x.size(0), ", ", in.x.size(1), "), got ", shape_str(v));
+// The first given tensor: every other one must match its dtype, device, B and N.
+const at::Tensor& reference_tensor(const AttentionInputs& in) {
+  for (int role = 0; role < 3; ++role) {
+    if (in.shared[role]) return *in.shared[role];
+    if (in.source[role]) return *in.source[role];
   }
-  if (D < 0) D = v.size(2);
-  TORCH_CHECK_VALUE(v.size(2) == D, kOp, arg, " must have the same last dimension D as the other ",
-                    "roles (", D, "), got ", shape_str(v));
+  TORCH_CHECK_VALUE(false, kOp, "no role is given: each of q, k, v needs a shared tensor or a source and a table");
+}
+
+void check_like(const at::Tensor& t, const std::string& name, const at::Tensor& ref) {
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), kOp, name,
+                   " must have the same dtype as the other inputs (", ref.scalar_type(), "), got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == ref.device(), kOp, name, " must be on the same device as the other inputs (",
+                    ref.device(), "), got ", t.device());
+}
+
+void check_tokens(const at::Tensor& t, const std::string& name, const at::Tensor& ref, const char* what) {
+  TORCH_CHECK_VALUE(t.dim() == 3 && t.size(0) == ref.size(0) && t.size(1) == ref.size(1), kOp, name,
+                    " must have shape (B, N, ", what, ") with (B, N) == (", ref.size(0), ", ", ref.size(1),
+                    ") like the other inputs, got ", shape_str(t));
+}
+
+// Per-head widths of one role: shared ds, relative dr, and the source width Cr.
+void check_role(const AttentionInputs& in, int role, const at::Tensor& ref, AttentionPlan& plan) {
+  const std::string r = kRole[role];
+  const auto& shared = in.shared[role];
+  const auto& source = in.source[role];
+  const auto& table = in.table[role];
+  TORCH_CHECK_VALUE(source.has_value() == table.has_value(), kOp, r, "_source and ", r,
+                    "_table must be given together (a relative part), got only ",
+                    source.has_value() ? r + "_source" : r + "_table");
+  TORCH_CHECK_VALUE(shared.has_value() || table.has_value(), kOp, "role ", r, " needs ", r,
+                    " (shared) or ", r, "_table with its source (relative), got neither");
+  const int64_t H = plan.H;
+  plan.shared_dim[role] = plan.relative_dim[role] = plan.source_dim[role] = 0;
+  if (shared) {
+    check_like(*shared, r, ref);
+    check_tokens(*shared, r, ref, "H*d");
+    TORCH_CHECK_VALUE(shared->size(2) % H == 0, kOp, r, ".size(2) must be a multiple of heads == ", H,
+                      ", got ", shape_str(*shared));
+    plan.shared_dim[role] = shared->size(2) / H;
+  }
+  if (table) {
+    check_like(*source, r + "_source", ref);
+    check_like(*table, r + "_table", ref);
+    check_tokens(*source, r + "_source", ref, "C");
+    TORCH_CHECK_VALUE(table->dim() == 3 && table->size(0) > 0 && table->size(1) == source->size(2) &&
+                          table->size(2) % H == 0,
+                      kOp, r, "_table must have shape (R, C, H*d) with R > 0, C == ", r, "_source.size(2) == ",
+                      source->size(2), " and H*d a multiple of heads == ", H, ", got ", shape_str(*table));
+    plan.relative_dim[role] = table->size(2) / H;
+    plan.source_dim[role] = source->size(2);
+  }
 }
 
 void check_range(const at::Tensor& index, const char* name, int64_t rows, const char* table) {
@@ -59,35 +87,33 @@ at::ScalarType attention_opmath(at::ScalarType t) {
 }
 
 AttentionPlan prepare_attention(const AttentionInputs& in) {
-  const at::Tensor& x = in.x;
-  TORCH_CHECK_VALUE(x.dim() == 3, kOp, "x must be a 3-D tensor (B, N, C), got shape ", shape_str(x));
-  const auto dt = x.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, kOp,
-                   "x must have dtype float16, bfloat16, float32 or float64, got ", dt);
   AttentionPlan plan;
-  plan.B = x.size(0);
-  plan.N = x.size(1);
-  plan.C = x.size(2);
-  int64_t D = -1;
+  TORCH_CHECK_VALUE(in.heads >= 1, kOp, "heads must be >= 1, got ", in.heads);
+  plan.H = in.heads;
+  const at::Tensor& ref = reference_tensor(in);
+  const auto dt = ref.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, kOp,
+                   "inputs must have dtype float16, bfloat16, float32 or float64, got ", dt);
+  TORCH_CHECK_VALUE(ref.dim() == 3, kOp, "inputs must be 3-D tensors (B, N, ...), got shape ", shape_str(ref));
+  plan.B = ref.size(0);
+  plan.N = ref.size(1);
   for (int role = 0; role < 3; ++role) {
-    check_role(in, role, D);
+    check_role(in, role, ref, plan);
     plan.relative[role] = in.table[role].has_value();
   }
-  plan.D = D;
   TORCH_CHECK_VALUE(plan.relative[kQ] || plan.relative[kK] || plan.relative[kV], kOp,
                     "at least one of q_table, k_table, v_table must be given");
-  TORCH_CHECK_VALUE(in.heads >= 1 && D % in.heads == 0, kOp, "heads must divide D == ", D,
-                    ", got ", in.heads);
-  plan.H = in.heads;
+  TORCH_CHECK_VALUE(plan.head_dim(kQ) == plan.head_dim(kK), kOp,
+                    "q and k must have the same width per head (shared + relative), got ", plan.head_dim(kQ),
+                    " and ", plan.head_dim(kK));
   for (const auto* pair : {&in.key_index, &in.query_index}) {
     const char* name = pair == &in.key_index ? "key_index" : "query_index";
     TORCH_CHECK_VALUE(pair->dim() == 2 && pair->size(0) == plan.N && pair->size(1) == plan.N, kOp,
-                      name, " must have shape (N, N) with N == x.size(1) == ", plan.N, ", got ",
-                      shape_str(*pair));
+                      name, " must have shape (N, N) with N == ", plan.N, ", got ", shape_str(*pair));
     TORCH_CHECK_TYPE(pair->scalar_type() == at::kLong || pair->scalar_type() == at::kInt, kOp, name,
                      " must have dtype int64 or int32, got ", pair->scalar_type());
-    TORCH_CHECK_VALUE(pair->device() == x.device(), kOp, name, " must be on the same device as x (",
-                      x.device(), "), got ", pair->device());
+    TORCH_CHECK_VALUE(pair->device() == ref.device(), kOp, name, " must be on the same device as the other inputs (",
+                      ref.device(), "), got ", pair->device());
   }
   const at::Tensor K = index_on_cpu(in.key_index), Q = index_on_cpu(in.query_index);
   if (plan.relative[kQ]) check_range(Q, "query_index", in.table[kQ]->size(0), "q_table");
@@ -153,12 +179,14 @@ AttentionPlan prepare_attention(const AttentionInputs& in) {
 
 TORCH_LIBRARY_FRAGMENT(translution_ext, m) {
   m.def(
-      "translution_attention(Tensor x, Tensor? q_table, Tensor? k_table, Tensor? v_table, Tensor? q, "
-      "Tensor? k, Tensor? v, Tensor key_index, Tensor query_index, int heads, float scale, "
-      "bool causal) -> (Tensor, Tensor)");
+      "translution_attention(Tensor? q, Tensor? k, Tensor? v, Tensor? q_source, Tensor? k_source, "
+      "Tensor? v_source, Tensor? q_table, Tensor? k_table, Tensor? v_table, Tensor key_index, "
+      "Tensor query_index, int heads, float scale, bool causal) -> (Tensor, Tensor)");
+  // Returns the gradients of q, k, v, the three sources and the three tables, in that
+  // order; an empty tensor for an input that was not given.
   m.def(
-      "translution_attention_backward(Tensor grad_out, Tensor x, Tensor? q_table, Tensor? k_table, "
-      "Tensor? v_table, Tensor? q, Tensor? k, Tensor? v, Tensor key_index, Tensor query_index, "
-      "Tensor out, Tensor lse, int heads, float scale, bool causal) -> (Tensor, Tensor, Tensor, "
-      "Tensor, Tensor, Tensor, Tensor)");
+      "translution_attention_backward(Tensor grad_out, Tensor? q, Tensor? k, Tensor? v, Tensor? q_source, "
+      "Tensor? k_source, Tensor? v_source, Tensor? q_table, Tensor? k_table, Tensor? v_table, "
+      "Tensor key_index, Tensor query_index, Tensor out, Tensor lse, int heads, float scale, bool causal) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -2,6 +2,11 @@
 // the kernels.  The op never stores a per-pair (N x N x C or D) tensor: q, k and v of
 // the pairs of one offset class are dense (pairs x C) x (C x D) products, scores live
 // per query block, and the backward recomputes them from the saved log-sum-exp.
+//
+// Every role r in {q, k, v} has a shared part (B, N, H*ds) and/or a relative part
+// source (B, N, Cr) projected by table (R, Cr, H*dr).  Per head the role's vector is
+// [shared (ds) | relative (dr)]: Translution uses one part per role, α-Translution
+// both (its plain and its relative branch in one softmax).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -14,11 +19,10 @@ namespace translution_ext {
 
 constexpr int kQ = 0, kK = 1, kV = 2;
 
-// Every role is either relative (a table (R, C, D) applied to x) or shared (B, N, D).
 struct AttentionInputs {
-  at::Tensor x;                                     // (B, N, C)
-  std::array<std::optional<at::Tensor>, 3> table;   // q, k, v
-  std::array<std::optional<at::Tensor>, 3> shared;  // q, k, v
+  std::array<std::optional<at::Tensor>, 3> shared;  // (B, N, H*ds)
+  std::array<std::optional<at::Tensor>, 3> source;  // (B, N, Cr)
+  std::array<std::optional<at::Tensor>, 3> table;   // (R, Cr, H*dr)
   at::Tensor key_index, query_index;                // (N, N)
   int64_t heads;
   double scale;
@@ -28,12 +32,14 @@ struct AttentionInputs {
 // The unmasked pairs (i, j), grouped so that every group uses one q class and one k/v
 // class, and no class appears in two groups: the backward owns each table row.
 struct AttentionPlan {
-  int64_t B, N, C, D, H;
+  int64_t B, N, H;
   std::array<bool, 3> relative;
+  std::array<int64_t, 3> shared_dim, relative_dim, source_dim;  // per head: ds, dr; Cr
   std::vector<int64_t> pair_i, pair_j;  // sorted by (group, i, j)
   std::vector<int64_t> group_begin;     // size G + 1
   std::vector<int64_t> group_class[3];  // per role: the table row of the group (or -1)
   int64_t num_groups() const { return static_cast<int64_t>(group_begin.size()) - 1; }
+  int64_t head_dim(int role) const { return shared_dim[role] + relative_dim[role]; }
 };
 
 // Checks the inputs (ValueError/TypeError naming the argument) and builds the plan.

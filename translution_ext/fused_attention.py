@@ -15,100 +15,130 @@ def _opmath(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _unfused(x, tables, shared, key_index, query_index, heads, scale, causal):
-    """The same attention through per-pair tensors (pure PyTorch; devices without the fused kernels)."""
+ROLES = ("q", "k", "v")
+
+
+def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    return t.unflatten(-1, (heads, t.shape[-1] // heads))
+
+
+def _unfused(parts, key_index, query_index, heads, scale, causal):
+    """The same attention through per-pair tensors (pure PyTorch; devices without the fused kernels).
+
+    ``parts[r] = (shared, source, table)`` per role.
+    """
     from .nn.functional import attention_weights, pair_scores, weighted_sum
 
     roles = []
-    for role, table, given in zip("qkv", tables, shared):
-        if (table is None) == (given is None):
-            raise ValueError(f"{_OP}exactly one of {role}_table and {role} must be given")
+    for role, (shared, source, table) in zip(ROLES, parts):
         if table is None:
-            roles.append(given)
-        else:
-            index, side = (query_index, "query") if role == "q" else (key_index, "key")
-            roles.append(relative_offset_projection_by_class(x, table, index, side))
+            roles.append(shared)
+            continue
+        index, side = (query_index, "query") if role == "q" else (key_index, "key")
+        rel = _heads(relative_offset_projection_by_class(source, table, index, side), heads)  # (B, N, N, H, dr)
+        if shared is not None:  # per head: [shared | relative], the shared part broadcast over pairs
+            n = rel.shape[1]
+            sh = _heads(shared, heads)
+            sh = sh[:, :, None].expand(-1, -1, n, -1, -1) if role == "q" else sh[:, None].expand(-1, n, -1, -1, -1)
+            rel = torch.cat([sh, rel], dim=-1)
+        roles.append(rel.flatten(-2))
     attn = attention_weights(pair_scores(roles[0], roles[1], heads) * scale, causal, 0.0, False)
     return weighted_sum(attn, roles[2])
 
 
 def translution_attention(
-    x: torch.Tensor, *, key_index: torch.Tensor, query_index: torch.Tensor, heads: int,
+    x: Optional[torch.Tensor] = None, *, key_index: torch.Tensor, query_index: torch.Tensor, heads: int,
+    q: Optional[torch.Tensor] = None, k: Optional[torch.Tensor] = None, v: Optional[torch.Tensor] = None,
     q_table: Optional[torch.Tensor] = None, k_table: Optional[torch.Tensor] = None,
-    v_table: Optional[torch.Tensor] = None, q: Optional[torch.Tensor] = None,
-    k: Optional[torch.Tensor] = None, v: Optional[torch.Tensor] = None,
+    v_table: Optional[torch.Tensor] = None, q_source: Optional[torch.Tensor] = None,
+    k_source: Optional[torch.Tensor] = None, v_source: Optional[torch.Tensor] = None,
     scale: Optional[float] = None, causal: bool = False,
 ) -> torch.Tensor:
-    """Translution attention without per-pair tensors (spec: translution.md §3).
+    """Translution attention without per-pair tensors (spec: translution.md §3, §4).
 
-    For every role give either its table (relative) or its per-token tensor (shared)::
+    Every role has a shared part (q, k, v: (B, N, H·ds)) and/or a relative part, a
+    source (B, N, C) projected per pair by a table (R, C, H·dr); ``x`` is the source of
+    every table given without one.  Per head the role's vector is [shared | relative]::
 
-        q_ij = x_i q_table[query_index[i, j]]  or  q_i
-        k_ij = x_j k_table[key_index[i, j]]    or  k_j      (v likewise)
-        o_i  = sum_j softmax_j(scale <q_ij, k_ij>) v_ij     (per head; j <= i when causal)
+        q_ij = [q_i | q_source_i q_table[query_index[i, j]]]
+        k_ij = [k_j | k_source_j k_table[key_index[i, j]]]        (v likewise)
+        o_i  = sum_j softmax_j(scale <q_ij, k_ij>) v_ij            (per head; j <= i when causal)
+
+    Translution gives each role one part; α-Translution both (its plain and relative
+    branches share one softmax).
 
     Args:
-        x: (B, N, C) tokens the tables project.
+        x: (B, N, C), the default source of the tables.
         key_index, query_index: (N, N) offset classes, e.g. from :mod:`translution_ext.indexing`.
-        heads: H; D = H·d.
-        q_table, k_table, v_table: (R, C, D) tables of the relative roles.
-        q, k, v: (B, N, D) vectors of the shared roles.
-        scale: default d^-1/2.
+        heads: H.  q and k must have the same width per head.
+        scale: default (q's width per head)^-1/2.
         causal: mask keys j > i.
 
     Returns:
-        (B, N, D), differentiable in x, the tables and the shared roles.  Extra memory
-        is O(B·H·N) plus a per-thread block of scores, never O(N²·D).  Devices without
-        the fused kernels compute the same result through per-pair tensors.
+        (B, N, H·dv), differentiable in every floating-point input.  Extra memory is
+        O(B·H·N) plus a per-thread block of scores, never O(N²·D).  Devices without the
+        fused kernels compute the same result through per-pair tensors.
     """
-    tables, shared = (q_table, k_table, v_table), (q, k, v)
-    d = next(t.shape[-1] for t in tables + shared if t is not None) // heads
-    scale = d ** -0.5 if scale is None else float(scale)
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x = x.to(dtype)
-        tables = tuple(None if t is None else t.to(dtype) for t in tables)
-        shared = tuple(None if t is None else t.to(dtype) for t in shared)
-    if x.device.type not in _native.FUSED_DEVICE_TYPES:
-        return _unfused(x, tables, shared, key_index, query_index, heads, scale, causal)
+    shared = [q, k, v]
+    tables = [q_table, k_table, v_table]
+    sources = [q_source, k_source, v_source]
+    for r, role in enumerate(ROLES):
+        if tables[r] is not None and sources[r] is None:
+            if x is None:
+                raise ValueError(f"{_OP}{role}_table needs {role}_source or x")
+            sources[r] = x
+    if scale is None:
+        width = sum(t.shape[-1] for t in (q, q_table) if t is not None) // heads
+        scale = width ** -0.5
+    tensors = shared + sources + tables
+    ref = next((t for t in tensors if t is not None), None)
+    if ref is None:
+        raise ValueError(f"{_OP}no role is given")
+    if torch.is_autocast_enabled(ref.device.type):
+        dtype = torch.get_autocast_dtype(ref.device.type)
+        tensors = [None if t is None else t.to(dtype) for t in tensors]
+    if ref.device.type not in _native.FUSED_DEVICE_TYPES:
+        parts = [(tensors[r], tensors[3 + r], tensors[6 + r]) for r in range(3)]
+        return _unfused(parts, key_index, query_index, heads, float(scale), causal)
     out, _ = torch.ops.translution_ext.translution_attention(
-        x, *tables, *shared, key_index, query_index, heads, scale, causal)
+        *tensors, key_index, query_index, heads, float(scale), causal)
     return out
 
 
 def _register() -> None:
     lib = "translution_ext::"
 
+    def width(shared, table, heads):
+        return sum(t.shape[-1] for t in (shared, table) if t is not None)
+
     @torch.library.register_fake(lib + "translution_attention")
-    def _(x, q_table, k_table, v_table, q, k, v, key_index, query_index, heads, scale, causal):
-        d_total = next(t.shape[-1] for t in (q_table, k_table, v_table, q, k, v) if t is not None)
-        out = x.new_empty((x.shape[0], x.shape[1], d_total))
-        lse = x.new_empty((x.shape[0], heads, x.shape[1]), dtype=_opmath(x.dtype))
+    def _(q, k, v, q_source, k_source, v_source, q_table, k_table, v_table, key_index, query_index, heads, scale,
+          causal):
+        ref = next(t for t in (q, k, v, q_source, k_source, v_source) if t is not None)
+        out = ref.new_empty((ref.shape[0], ref.shape[1], width(v, v_table, heads)))
+        lse = ref.new_empty((ref.shape[0], heads, ref.shape[1]), dtype=_opmath(ref.dtype))
         return out, lse
 
     @torch.library.register_fake(lib + "translution_attention_backward")
-    def _(grad_out, x, q_table, k_table, v_table, q, k, v, key_index, query_index, out, lse, heads, scale,
-          causal):
-        empty = x.new_empty((0,))
-        grads = [torch.empty_like(x)]
-        grads += [empty if t is None else torch.empty_like(t) for t in (q_table, k_table, v_table)]
-        grads += [empty if t is not None else torch.empty_like(grad_out) for t in (q_table, k_table, v_table)]
-        return tuple(grads)
+    def _(grad_out, q, k, v, q_source, k_source, v_source, q_table, k_table, v_table, key_index, query_index, out,
+          lse, heads, scale, causal):
+        empty = grad_out.new_empty((0,))
+        return tuple(empty if t is None else torch.empty_like(t)
+                     for t in (q, k, v, q_source, k_source, v_source, q_table, k_table, v_table))
 
     def setup_context(ctx, inputs, output):
-        x, qt, kt, vt, q, k, v, key_index, query_index, heads, scale, causal = inputs
+        *tensors, key_index, query_index, heads, scale, causal = inputs
         out, lse = output
         ctx.meta = (heads, scale, causal)
-        ctx.save_for_backward(x, qt, kt, vt, q, k, v, key_index, query_index, out, lse)
+        ctx.save_for_backward(*tensors, key_index, query_index, out, lse)
 
     def backward(ctx, grad_out, _grad_lse):
-        x, qt, kt, vt, q, k, v, key_index, query_index, out, lse = ctx.saved_tensors
+        *tensors, key_index, query_index, out, lse = ctx.saved_tensors
         heads, scale, causal = ctx.meta
         grads = torch.ops.translution_ext.translution_attention_backward(
-            grad_out.contiguous(), x, qt, kt, vt, q, k, v, key_index, query_index, out, lse, heads, scale, causal)
-        given = (x, qt, kt, vt, q, k, v)
+            grad_out.contiguous(), *tensors, key_index, query_index, out, lse, heads, scale, causal)
         result = [g if t is not None and ctx.needs_input_grad[i] else None
-                  for i, (g, t) in enumerate(zip(grads, given))]
+                  for i, (g, t) in enumerate(zip(grads, tensors))]
         return (*result, None, None, None, None, None)
 
     torch.library.register_autograd(lib + "translution_attention", backward, setup_context=setup_context)

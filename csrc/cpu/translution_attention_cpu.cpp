@@ -33,18 +33,16 @@ int64_t rows_per_block(int64_t n) {
 using at::indexing::Slice;
 
 struct Operands {
-  at::Tensor x;                      // (B, N, C) in opmath
-  std::array<at::Tensor, 3> table;   // (R, C, D) or undefined
-  std::array<at::Tensor, 3> shared;  // (B, N, D) or undefined
+  std::array<at::Tensor, 3> shared, source, table;  // opmath, contiguous; undefined when absent
 };
 
-Operands to_opmath(const AttentionInputs& in) {
-  const auto op = attention_opmath(in.x.scalar_type());
+Operands to_opmath(const AttentionInputs& in, at::ScalarType op) {
   Operands o;
-  o.x = in.x.to(op).contiguous();
+  auto conv = [op](const std::optional<at::Tensor>& t) { return t ? t->to(op).contiguous() : at::Tensor(); };
   for (int r = 0; r < 3; ++r) {
-    if (in.table[r]) o.table[r] = in.table[r]->to(op).contiguous();
-    if (in.shared[r]) o.shared[r] = in.shared[r]->to(op).contiguous();
+    o.shared[r] = conv(in.shared[r]);
+    o.source[r] = conv(in.source[r]);
+    o.table[r] = conv(in.table[r]);
   }
   return o;
 }
@@ -53,43 +51,54 @@ at::Tensor index_tensor(const std::vector<int64_t>& v, int64_t begin, int64_t en
   return at::from_blob(const_cast<int64_t*>(v.data()) + begin, {end - begin}, at::kLong).clone();
 }
 
-// The role's vectors for the pairs reading token rows `rows` of group g: (B, P, D).
-at::Tensor role_rows(const Operands& o, const AttentionPlan& plan, int role, int64_t g,
-                     const at::Tensor& rows) {
-  const int64_t P = rows.numel();
-  if (!o.table[role].defined()) return o.shared[role].index_select(1, rows);
-  const at::Tensor w = o.table[role].select(0, plan.group_class[role][g]);
-  return at::mm(o.x.index_select(1, rows).reshape({plan.B * P, plan.C}), w).view({plan.B, P, plan.D});
+// The role's per-head vectors for the pairs reading token rows `rows` of group g:
+// (B, P, H, ds + dr), the shared part first.
+at::Tensor role_rows(const Operands& o, const AttentionPlan& plan, int role, int64_t g, const at::Tensor& rows) {
+  const int64_t B = plan.B, P = rows.numel(), H = plan.H;
+  std::vector<at::Tensor> parts;
+  if (o.shared[role].defined())
+    parts.push_back(o.shared[role].index_select(1, rows).view({B, P, H, plan.shared_dim[role]}));
+  if (o.table[role].defined()) {
+    const at::Tensor w = o.table[role].select(0, plan.group_class[role][g]);
+    const at::Tensor src = o.source[role].index_select(1, rows).reshape({B * P, plan.source_dim[role]});
+    parts.push_back(at::mm(src, w).view({B, P, H, plan.relative_dim[role]}));
+  }
+  return parts.size() == 1 ? parts[0] : at::cat(parts, -1);
 }
 
-// Per-head dot products of (B, P, D) tensors: (B, P, H).
-at::Tensor head_dot(const at::Tensor& a, const at::Tensor& b, const AttentionPlan& plan) {
-  return (a * b).reshape({plan.B, a.size(1), plan.H, plan.D / plan.H}).sum(-1);
-}
-
-AttentionInputs make_inputs(const at::Tensor& x, const std::optional<at::Tensor>& qt,
-                            const std::optional<at::Tensor>& kt, const std::optional<at::Tensor>& vt,
-                            const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k,
-                            const std::optional<at::Tensor>& v, const at::Tensor& key_index,
+AttentionInputs make_inputs(const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k,
+                            const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& qs,
+                            const std::optional<at::Tensor>& ks, const std::optional<at::Tensor>& vs,
+                            const std::optional<at::Tensor>& qt, const std::optional<at::Tensor>& kt,
+                            const std::optional<at::Tensor>& vt, const at::Tensor& key_index,
                             const at::Tensor& query_index, int64_t heads, double scale, bool causal) {
-  return AttentionInputs{x, {qt, kt, vt}, {q, k, v}, key_index, query_index, heads, scale, causal};
+  return AttentionInputs{{q, k, v}, {qs, ks, vs}, {qt, kt, vt}, key_index, query_index, heads, scale, causal};
+}
+
+at::ScalarType input_dtype(const AttentionInputs& in) {
+  for (int r = 0; r < 3; ++r) {
+    if (in.shared[r]) return in.shared[r]->scalar_type();
+    if (in.source[r]) return in.source[r]->scalar_type();
+  }
+  return at::kFloat;
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(
-    const at::Tensor& x, const std::optional<at::Tensor>& qt, const std::optional<at::Tensor>& kt,
-    const std::optional<at::Tensor>& vt, const std::optional<at::Tensor>& q,
-    const std::optional<at::Tensor>& k, const std::optional<at::Tensor>& v, const at::Tensor& key_index,
-    const at::Tensor& query_index, int64_t heads, double scale, bool causal) {
+    const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k, const std::optional<at::Tensor>& v,
+    const std::optional<at::Tensor>& qs, const std::optional<at::Tensor>& ks, const std::optional<at::Tensor>& vs,
+    const std::optional<at::Tensor>& qt, const std::optional<at::Tensor>& kt, const std::optional<at::Tensor>& vt,
+    const at::Tensor& key_index, const at::Tensor& query_index, int64_t heads, double scale, bool causal) {
   // The kernel computes in its own precision: autocast must not recast its inner products.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const AttentionInputs in = make_inputs(x, qt, kt, vt, q, k, v, key_index, query_index, heads, scale, causal);
+  const AttentionInputs in = make_inputs(q, k, v, qs, ks, vs, qt, kt, vt, key_index, query_index, heads, scale, causal);
   const AttentionPlan plan = prepare_attention(in);
-  const Operands o = to_opmath(in);
-  const auto opts = o.x.options();
-  const int64_t B = plan.B, N = plan.N, H = plan.H, D = plan.D, G = plan.num_groups();
-  at::Tensor out = at::empty({B, N, D}, opts);
+  const auto dtype = input_dtype(in);
+  const Operands o = to_opmath(in, attention_opmath(dtype));
+  const auto opts = at::TensorOptions().dtype(attention_opmath(dtype)).device(key_index.device());
+  const int64_t B = plan.B, N = plan.N, H = plan.H, dv = plan.head_dim(kV), G = plan.num_groups();
+  at::Tensor out = at::empty({B, N, H * dv}, opts);
   at::Tensor lse = at::empty({B, H, N}, opts);
-  if (B == 0 || N == 0) return {out.to(x.scalar_type()), lse};
+  if (B == 0 || N == 0) return {out.to(dtype), lse};
   const int64_t kRows = rows_per_block(N);
   const int64_t blocks = (N + kRows - 1) / kRows;
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
@@ -108,110 +117,106 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(
       std::vector<std::array<at::Tensor, 2>> idx;  // (rows of the block, key tokens) per segment
       for (const auto& [g, b, e] : segments) {
         at::Tensor I = index_tensor(plan.pair_i, b, e), J = index_tensor(plan.pair_j, b, e);
-        at::Tensor s = head_dot(role_rows(o, plan, kQ, g, I), role_rows(o, plan, kK, g, J), plan);
+        at::Tensor s = (role_rows(o, plan, kQ, g, I) * role_rows(o, plan, kK, g, J)).sum(-1);  // (B, P, H)
         at::Tensor local = I - i0;
         scores.index_put_({Slice(), Slice(), local, J}, s.mul_(in.scale).permute({0, 2, 1}));
         idx.push_back({local, J});
       }
       at::Tensor block_lse = at::logsumexp(scores, -1);  // (B, H, rows)
       at::Tensor weights = (scores - block_lse.unsqueeze(-1)).exp_();
-      at::Tensor block_out = at::zeros({B, rows, D}, opts);
+      at::Tensor block_out = at::zeros({B, rows, H * dv}, opts);
       for (size_t s = 0; s < segments.size(); ++s) {
         const auto& [local, J] = idx[s];
         at::Tensor a = weights.index({Slice(), Slice(), local, J}).permute({0, 2, 1});  // (B, P, H)
-        at::Tensor vv = role_rows(o, plan, kV, segments[s][0], J);
-        at::Tensor contrib = (a.unsqueeze(-1) * vv.reshape({B, -1, H, D / H})).reshape({B, -1, D});
-        block_out.index_add_(1, local, contrib);
+        at::Tensor vv = role_rows(o, plan, kV, segments[s][0], J);                    // (B, P, H, dv)
+        block_out.index_add_(1, local, (a.unsqueeze(-1) * vv).reshape({B, -1, H * dv}));
       }
       out.narrow(1, i0, rows).copy_(block_out);
       lse.narrow(2, i0, rows).copy_(block_lse);
     }
   });
-  return {out.to(x.scalar_type()), lse};
+  return {out.to(dtype), lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const std::optional<at::Tensor>& qt,
-                       const std::optional<at::Tensor>& kt, const std::optional<at::Tensor>& vt,
-                       const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k,
-                       const std::optional<at::Tensor>& v, const at::Tensor& key_index,
-                       const at::Tensor& query_index, const at::Tensor& out, const at::Tensor& lse,
-                       int64_t heads, double scale, bool causal) {
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                         at::Tensor, at::Tensor>;
+
+Grads attention_backward_cpu(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k,
+    const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& qs, const std::optional<at::Tensor>& ks,
+    const std::optional<at::Tensor>& vs, const std::optional<at::Tensor>& qt, const std::optional<at::Tensor>& kt,
+    const std::optional<at::Tensor>& vt, const at::Tensor& key_index, const at::Tensor& query_index,
+    const at::Tensor& out, const at::Tensor& lse, int64_t heads, double scale, bool causal) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const AttentionInputs in = make_inputs(x, qt, kt, vt, q, k, v, key_index, query_index, heads, scale, causal);
+  const AttentionInputs in = make_inputs(q, k, v, qs, ks, vs, qt, kt, vt, key_index, query_index, heads, scale, causal);
   const AttentionPlan plan = prepare_attention(in);
-  const int64_t B = plan.B, N = plan.N, C = plan.C, H = plan.H, D = plan.D, G = plan.num_groups();
-  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({B, N, D}) && out.sizes() == grad_out.sizes(),
-                    "translution_attention_backward: grad_out and out must have shape (B, N, D) == (", B,
-                    ", ", N, ", ", D, ")");
+  const int64_t B = plan.B, N = plan.N, H = plan.H, dv = plan.head_dim(kV), G = plan.num_groups();
+  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({B, N, H * dv}) && out.sizes() == grad_out.sizes(),
+                    "translution_attention_backward: grad_out and out must have shape (B, N, H*dv) == (", B,
+                    ", ", N, ", ", H * dv, ")");
   TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef({B, H, N}),
-                    "translution_attention_backward: lse must have shape (B, H, N) == (", B, ", ", H, ", ",
-                    N, "), got ", lse.sizes());
-  const Operands o = to_opmath(in);
-  const auto opts = o.x.options();
+                    "translution_attention_backward: lse must have shape (B, H, N) == (", B, ", ", H, ", ", N,
+                    "), got ", lse.sizes());
+  const auto dtype = input_dtype(in);
+  const Operands o = to_opmath(in, attention_opmath(dtype));
+  const auto opts = at::TensorOptions().dtype(attention_opmath(dtype)).device(key_index.device());
   const at::Tensor dO = grad_out.to(opts.dtype()).contiguous();
   const at::Tensor L = lse.to(opts.dtype()).contiguous();
-  // D_i = <dO_i, O_i> per head: the softmax backward's row term.
-  const at::Tensor Drow = head_dot(dO, out.to(opts.dtype()), plan).permute({0, 2, 1}).contiguous();
+  // D_i = <dO_i, O_i> per head: the softmax backward's row term, (B, H, N).
+  const at::Tensor Drow =
+      (dO * out.to(opts.dtype())).view({B, N, H, dv}).sum(-1).permute({0, 2, 1}).contiguous();
 
-  std::array<at::Tensor, 3> grad_table, grad_shared;
+  std::array<at::Tensor, 3> grad_table;
   for (int r = 0; r < 3; ++r)
     if (o.table[r].defined()) grad_table[r] = at::zeros_like(o.table[r]);
-  const bool any_relative = plan.relative[kQ] || plan.relative[kK] || plan.relative[kV];
-  const int threads = at::get_num_threads();
-  // Per-thread token gradients: x (if any role is relative) and the shared roles.
-  std::vector<std::array<at::Tensor, 4>> local(threads);
+  // Per-thread token gradients: slots 0..2 the shared parts, 3..5 the sources.
+  std::vector<std::array<at::Tensor, 6>> local(at::get_num_threads());
 
   at::parallel_for(0, G, 1, [&](int64_t first, int64_t last) {
     auto& mine = local[at::get_thread_num()];
-    if (any_relative && !mine[3].defined()) mine[3] = at::zeros({B, N, C}, opts);
-    for (int r = 0; r < 3; ++r)
-      if (!plan.relative[r] && !mine[r].defined()) mine[r] = at::zeros({B, N, D}, opts);
+    for (int r = 0; r < 3; ++r) {
+      if (o.shared[r].defined() && !mine[r].defined()) mine[r] = at::zeros_like(o.shared[r]);
+      if (o.source[r].defined() && !mine[3 + r].defined()) mine[3 + r] = at::zeros_like(o.source[r]);
+    }
     for (int64_t g = first; g < last; ++g) {
       const int64_t b = plan.group_begin[g], e = plan.group_begin[g + 1], P = e - b;
       at::Tensor I = index_tensor(plan.pair_i, b, e), J = index_tensor(plan.pair_j, b, e);
       at::Tensor qq = role_rows(o, plan, kQ, g, I), kk = role_rows(o, plan, kK, g, J);
       at::Tensor vv = role_rows(o, plan, kV, g, J);
-      at::Tensor s = head_dot(qq, kk, plan).mul_(in.scale);                                   // (B, P, H)
-      at::Tensor a = (s - L.index_select(2, I).permute({0, 2, 1})).exp_();                    // (B, P, H)
-      at::Tensor dOi = dO.index_select(1, I);                                                // (B, P, D)
-      auto heads_of = [&](const at::Tensor& t) { return t.reshape({B, P, H, D / H}); };
-      at::Tensor dv = (a.unsqueeze(-1) * heads_of(dOi)).reshape({B, P, D});
-      at::Tensor ds = a * (head_dot(dOi, vv, plan) - Drow.index_select(2, I).permute({0, 2, 1}));
+      at::Tensor s = (qq * kk).sum(-1).mul_(in.scale);                                     // (B, P, H)
+      at::Tensor a = (s - L.index_select(2, I).permute({0, 2, 1})).exp_();                 // (B, P, H)
+      at::Tensor dOi = dO.index_select(1, I).view({B, P, H, dv});
+      at::Tensor ds = a * ((dOi * vv).sum(-1) - Drow.index_select(2, I).permute({0, 2, 1}));
       ds.mul_(in.scale);
-      at::Tensor dq = (ds.unsqueeze(-1) * heads_of(kk)).reshape({B, P, D});
-      at::Tensor dk = (ds.unsqueeze(-1) * heads_of(qq)).reshape({B, P, D});
-      const std::array<at::Tensor*, 3> grads = {&dq, &dk, &dv};
+      const std::array<at::Tensor, 3> grads = {ds.unsqueeze(-1) * kk, ds.unsqueeze(-1) * qq,
+                                               a.unsqueeze(-1) * dOi};  // (B, P, H, width)
       for (int r = 0; r < 3; ++r) {
         const at::Tensor& rows = r == kQ ? I : J;
-        const at::Tensor flat = grads[r]->reshape({B * P, D});
-        if (!plan.relative[r]) {
-          mine[r].index_add_(1, rows, *grads[r]);
-          continue;
-        }
+        const int64_t ds_r = plan.shared_dim[r], dr_r = plan.relative_dim[r];
+        if (o.shared[r].defined())
+          mine[r].index_add_(1, rows, grads[r].narrow(-1, 0, ds_r).reshape({B, P, H * ds_r}));
+        if (!o.table[r].defined()) continue;
         const int64_t cls = plan.group_class[r][g];
-        const at::Tensor xs = o.x.index_select(1, rows).reshape({B * P, C});
-        grad_table[r].select(0, cls).addmm_(xs.t(), flat);  // this group owns row cls
-        mine[3].index_add_(1, rows, at::mm(flat, o.table[r].select(0, cls).t()).view({B, P, C}));
+        const at::Tensor flat = grads[r].narrow(-1, ds_r, dr_r).reshape({B * P, H * dr_r});
+        const at::Tensor src = o.source[r].index_select(1, rows).reshape({B * P, plan.source_dim[r]});
+        grad_table[r].select(0, cls).addmm_(src.t(), flat);  // this group owns row cls
+        mine[3 + r].index_add_(1, rows, at::mm(flat, o.table[r].select(0, cls).t()).view({B, P, plan.source_dim[r]}));
       }
     }
   });
 
-  auto sum_threads = [&](int slot, at::IntArrayRef shape) {
-    at::Tensor total = at::zeros(shape, opts);
+  const at::Tensor none = at::empty({0}, opts.dtype(dtype));
+  auto sum_threads = [&](int slot, const at::Tensor& like) {
+    if (!like.defined()) return none;
+    at::Tensor total = at::zeros_like(like);
     for (auto& t : local)
       if (t[slot].defined()) total.add_(t[slot]);
-    return total;
+    return total.to(dtype);
   };
-  const auto dtype = x.scalar_type();
-  at::Tensor none = at::empty({0}, x.options());
-  at::Tensor grad_x = any_relative ? sum_threads(3, {B, N, C}).to(dtype) : at::zeros_like(x);
-  std::array<at::Tensor, 3> gt, gs;
-  for (int r = 0; r < 3; ++r) {
-    gt[r] = plan.relative[r] ? grad_table[r].to(dtype) : none;
-    gs[r] = plan.relative[r] ? none : sum_threads(r, {B, N, D}).to(dtype);
-  }
-  return {grad_x, gt[0], gt[1], gt[2], gs[0], gs[1], gs[2]};
+  auto cast = [&](const at::Tensor& t) { return t.defined() ? t.to(dtype) : none; };
+  return {sum_threads(0, o.shared[0]), sum_threads(1, o.shared[1]), sum_threads(2, o.shared[2]),
+          sum_threads(3, o.source[0]), sum_threads(4, o.source[1]), sum_threads(5, o.source[2]),
+          cast(grad_table[0]), cast(grad_table[1]), cast(grad_table[2])};
 }
 
 }  // namespace
