@@ -176,3 +176,29 @@ def test_bad_inputs_name_the_argument(change, match):
 
 def test_build_info_lists_the_fused_devices():
     assert "cpu" in translution_ext.build_info()["fused_device_types"]
+
+
+@pytest.mark.parametrize("layout,size", [("causal", 9), ("2d_cls", (2, 3))])
+def test_mixed_roles_with_their_own_sources(layout, size):
+    # The α-Translution form: per head [shared | relative], each relative part from its own source.
+    g = torch.Generator().manual_seed(3)
+    ix = maps(layout, size)
+    n, e = ix.key.shape[0], 3
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    kw = dict(q=r(2, n, HEADS * 4), k=r(2, n, HEADS * 1), v=r(2, n, HEADS * 4),
+              q_source=r(2, n, 5), q_table=r(ix.num_classes, 5, HEADS * e) * 0.4,
+              k_source=r(2, n, 7), k_table=r(ix.num_classes, 7, HEADS * (4 + e - 1)) * 0.4,
+              v_source=r(2, n, 5), v_table=r(ix.num_classes, 5, HEADS * e) * 0.4)
+    common = dict(key_index=ix.key, query_index=ix.query, heads=HEADS, causal=layout == "causal", scale=0.3)
+    a = {k: v.clone().requires_grad_() for k, v in kw.items()}
+    b = {k: v.clone().requires_grad_() for k, v in kw.items()}
+    out = translution_attention(**a, **common)
+    assert out.shape == (2, n, HEADS * (4 + e))
+    parts = [(b[role], b[f"{role}_source"], b[f"{role}_table"]) for role in "qkv"]
+    ref = _unfused(parts, ix.key, ix.query, HEADS, 0.3, layout == "causal")
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad)
+    for name in kw:
+        torch.testing.assert_close(a[name].grad, b[name].grad, atol=1e-12, rtol=1e-10, msg=name)

@@ -69,13 +69,12 @@ def run_pair(alpha, layout, size, actual, relative, dtype, backend="auto", seed=
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-9), torch.float32: dict(atol=2e-5, rtol=2e-5)}
 
 
-# (block, dtype, backend): every backend of each block (α-Translution has no fused kernels).
+# (block, dtype, backend): every backend of each block.
 BLOCK_BACKENDS = [
     pytest.param(alpha, dtype, backend, id=f"{'alpha' if alpha else 'translution'}-{tag}")
     for alpha in (False, True)
     for dtype, backend, tag in [(torch.float64, "fused", "f64-fused"), (torch.float64, "native", "f64-native"),
                                 (torch.float64, "reference", "f64-reference"), (torch.float32, "auto", "f32-auto")]
-    if not (alpha and backend == "fused")
 ]
 
 
@@ -182,8 +181,6 @@ def test_bad_arguments():
         Translution(DIM, layout="causal")
     with pytest.raises(ValueError, match="backend must be one of 'auto', 'fused', 'native', 'reference'"):
         Translution(DIM, layout="1d", max_len=4, backend="fast")
-    with pytest.raises(ValueError, match="backend='fused' is not available for AlphaTranslution"):
-        AlphaTranslution(DIM, layout="1d", max_len=4, backend="fused")
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         AlphaTranslution(DIM, layout="1d", max_len=4, alpha=1.5)
 

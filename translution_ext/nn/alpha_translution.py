@@ -6,8 +6,14 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ..fused_attention import translution_attention
 from .functional import attention_weights, combine_scores, pair_scores, project_relative, weighted_sum
 from .relative_block import RelativeBlock, new_table
+
+
+def _concat_heads(a: torch.Tensor, b: torch.Tensor, heads: int) -> torch.Tensor:
+    """Per head [a | b]: (B, N, H·da), (B, N, H·db) -> (B, N, H·(da + db))."""
+    return torch.cat([a.unflatten(-1, (heads, -1)), b.unflatten(-1, (heads, -1))], dim=-1).flatten(-2)
 
 
 class AlphaTranslution(RelativeBlock):
@@ -28,7 +34,8 @@ class AlphaTranslution(RelativeBlock):
 
     Args:
         dim, heads, dim_head, layout, max_len, grid, relative, dropout, backend:
-            as for :class:`Translution`.
+            as for :class:`Translution` (the fused backend runs both branches in
+            one memory-linear softmax).
         dim_relenc: e, the per-head width of the relative branch (E = heads·e).
         alpha: the weight of the relative branch, in [0, 1].
 
@@ -63,9 +70,37 @@ class AlphaTranslution(RelativeBlock):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dim_relenc={self.dim_relenc}, alpha={self.alpha}"
 
+    def _fused(self, h: torch.Tensor, key_index: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+        """Both branches in one fused softmax: per head q = [(1 − α) q1 | α q2], k = [k1 | k2], v = [v1 | v2]."""
+        q1, k1, v1 = self.qkv_proj(h).chunk(3, dim=-1)
+        a, heads = self.alpha, self.heads
+        args = dict(q=(1 - a) * q1, k=k1, v=v1)
+        if self.relative_scores:
+            uq, uk = a * self.q_relenc(h), self.k_relenc(h)
+            if "q" in self.relative:
+                args.update(q_table=self.q_table, q_source=uq)
+            else:
+                args["q"] = _concat_heads(args["q"], uq, heads)
+            if "k" in self.relative:
+                args.update(k_table=self.k_table, k_source=uk)
+            else:
+                args["k"] = _concat_heads(k1, uk, heads)
+        else:  # no relative score term: ordinary scores, no (1 − α)
+            args["q"] = q1
+        if "v" in self.relative:
+            args.update(v_table=self.v_table, v_source=self.v_relenc(h))
+        o = translution_attention(key_index=key_index, query_index=query_index, heads=heads, scale=self.scale,
+                                  causal=self.layout.causal, **args)
+        if "v" not in self.relative:
+            return o
+        o1, o2 = o.unflatten(-1, (heads, -1)).split([self.dim_head, self.dim_relenc], dim=-1)
+        return (1 - a) * o1.flatten(-2) + a * self.v_relenc_out(o2.flatten(-2))
+
     def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """x: (B, N, dim) -> (B, N, dim).  ``grid=(h, w)`` for a 2D input smaller than the built grid."""
         h, key_index, query_index, backend = self._prepare(x, grid)
+        if backend == "fused":
+            return self._output(self._fused(h, key_index, query_index))
         q1, k1, v1 = self.qkv_proj(h).chunk(3, dim=-1)
         relative_term = None
         if self.relative_scores:

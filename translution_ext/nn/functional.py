@@ -17,12 +17,10 @@ from .. import _native, ops, reference
 BACKENDS = ("auto", "fused", "native", "reference")
 
 
-def _why_not(backend: str, device: torch.device, dropout_active: bool, fused_block: bool) -> Optional[str]:
+def _why_not(backend: str, device: torch.device, dropout_active: bool) -> Optional[str]:
     """None when ``backend`` can run here, else the reason."""
     if backend == "reference":
         return None
-    if backend == "fused" and not fused_block:
-        return "this block has no fused kernels (only Translution has)"
     if not _native.has_native():
         return f"the native library is not loaded: {_native.LOAD_ERROR}"
     types = _native.FUSED_DEVICE_TYPES if backend == "fused" else _native.NATIVE_DEVICE_TYPES
@@ -33,8 +31,7 @@ def _why_not(backend: str, device: torch.device, dropout_active: bool, fused_blo
     return None
 
 
-def resolve_backend(backend: str, device: torch.device, dropout_active: bool = False,
-                    fused_block: bool = True) -> str:
+def resolve_backend(backend: str, device: torch.device, dropout_active: bool = False) -> str:
     """The backend that will run on ``device``: "fused", "native" or "reference".
 
     "auto" picks the first that can run of fused (memory-linear kernels), native
@@ -44,8 +41,8 @@ def resolve_backend(backend: str, device: torch.device, dropout_active: bool = F
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if backend == "auto":
-        return next(b for b in BACKENDS[1:] if _why_not(b, device, dropout_active, fused_block) is None)
-    reason = _why_not(backend, device, dropout_active, fused_block)
+        return next(b for b in BACKENDS[1:] if _why_not(b, device, dropout_active) is None)
+    reason = _why_not(backend, device, dropout_active)
     if reason is not None:
         raise RuntimeError(f"backend={backend!r} cannot run: {reason}; use backend='auto' or 'reference'")
     return backend

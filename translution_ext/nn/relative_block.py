@@ -32,7 +32,6 @@ def new_table(rows: int, fan_in: int, fan_out: int) -> nn.Parameter:
 
 
 class RelativeBlock(nn.Module):
-    has_fused_kernels = False  # whether backend="fused" applies to the block
 
     """Base of :class:`Translution` and :class:`AlphaTranslution`.
 
@@ -51,9 +50,6 @@ class RelativeBlock(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-        if backend == "fused" and not self.has_fused_kernels:
-            raise ValueError(f"backend='fused' is not available for {type(self).__name__}; use 'auto', 'native' "
-                             "or 'reference'")
         self.dim, self.heads, self.dim_head = dim, heads, dim_head
         self.inner_dim = heads * dim_head
         self.scale = dim_head ** -0.5
@@ -92,7 +88,7 @@ class RelativeBlock(nn.Module):
         else:  # the 1D maps of a shorter sequence are the leading block of the full maps
             key, query = self.key_index[:n, :n], self.query_index[:n, :n]
         dropout_active = self.training and self.dropout > 0
-        backend = resolve_backend(self.backend, x.device, dropout_active, fused_block=self.has_fused_kernels)
+        backend = resolve_backend(self.backend, x.device, dropout_active)
         return self.norm(x), key, query, backend
 
     def _output(self, o: torch.Tensor) -> torch.Tensor:

@@ -39,8 +39,6 @@ class Translution(RelativeBlock):
     ``out_proj``.
     """
 
-    has_fused_kernels = True
-
     def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, layout: str = "1d",
                  max_len: Optional[int] = None, grid: Optional[Tuple[int, int]] = None,
                  relative: str = "qkv", dropout: float = 0.0, backend: str = "auto"):
