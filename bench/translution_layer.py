@@ -32,7 +32,6 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (PeakMemory, add_common_args, device_name, parse_common_args, run_worker, timed,

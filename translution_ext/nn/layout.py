@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-import torch
 
 from .. import indexing
 
