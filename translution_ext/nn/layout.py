@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-
 from .. import indexing
 
 LAYOUTS = ("1d", "causal", "2d", "2d_cls")
