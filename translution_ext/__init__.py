@@ -8,7 +8,8 @@ blocks, ``translution_ext.models`` the ViT and GPT models and
 """
 from ._native import build_info, has_native
 from . import indexing, ops, reference
-from . import nn, models, compat
+from . import nn, models, compat, xvolution_ops
+from .reparameterize import reparameterize_model
 from .indexing import RelativeIndex
 from .ops import relative_offset_projection, translution_attention
 
@@ -23,6 +24,8 @@ __all__ = [
     "ops",
     "reference",
     "relative_offset_projection",
+    "reparameterize_model",
     "translution_attention",
+    "xvolution_ops",
 ]
 __version__ = "0.1.0"

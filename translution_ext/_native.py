@@ -80,6 +80,7 @@ def _device_types(*ops: str) -> frozenset[str]:
 NATIVE_DEVICE_TYPES: frozenset[str] = _device_types(
     "relative_offset_projection", "relative_offset_projection_grad_x", "relative_offset_projection_grad_weight")
 FUSED_DEVICE_TYPES: frozenset[str] = _device_types("translution_attention", "translution_attention_backward")
+PIXEL_SHIFT_DEVICE_TYPES: frozenset[str] = _device_types("pixel_shift_products", "pixel_shift_products_backward")
 
 
 def build_info() -> dict[str, Any]:

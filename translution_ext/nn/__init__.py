@@ -1,10 +1,11 @@
-"""Modules: Translution, α-Translution and the ordinary attention of hybrid models."""
+"""Modules: Translution, α-Translution, the ordinary attention of hybrid models, X-volution."""
 from .alpha_translution import AlphaTranslution
 from .attention import Attention, RotaryEmbedding2D
 from .functional import BACKENDS
 from .layout import LAYOUTS, TokenLayout
 from .relative_block import VARIANTS
 from .translution import Translution
+from .xvolution import XVolution
 
 __all__ = [
     "AlphaTranslution",
@@ -15,4 +16,5 @@ __all__ = [
     "TokenLayout",
     "Translution",
     "VARIANTS",
+    "XVolution",
 ]
