@@ -1,0 +1,168 @@
+"""X-volution: T(X) op, folding routine, module re-parameterisation."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import translution_ext
+from translution_ext.nn import XVolution
+from translution_ext.xvolution_ops import (pixel_shift_products, pixel_shift_products_reference, shift_offsets,
+                                           xvolution_fold_reference)
+
+from conftest import DEVICES, assert_close_to_reference, requires_native
+
+
+def test_shift_offsets():
+    assert shift_offsets((1,)) == [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
+    assert shift_offsets((1, 2))[8:] == [(2 * dy, 2 * dx) for dy, dx in shift_offsets((1,))]
+    with pytest.raises(ValueError, match="shift_lengths must be a non-empty sequence of positive ints"):
+        shift_offsets((0,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("lengths,shape", [((1,), (2, 3, 5, 4)), ((1, 2), (1, 2, 7, 9)), ((3,), (2, 1, 2, 2))])
+def test_pixel_shift_products_match_reference(device, dtype, lengths, shape):
+    torch.manual_seed(0)
+    shifts = shift_offsets(lengths)
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+    exact = pixel_shift_products_reference(x, shifts)
+    xd = x.to(dtype).clone().requires_grad_()
+    out = pixel_shift_products(xd, shifts)
+    assert out.shape == (shape[0], 8 * len(lengths) * shape[1], shape[2], shape[3])
+    assert_close_to_reference(out, exact, pixel_shift_products_reference(x.to(dtype), shifts))
+    g = torch.randn_like(exact)
+    xr = x.clone().requires_grad_()
+    pixel_shift_products_reference(xr, shifts).backward(g)
+    out.backward(g.to(dtype))
+    xs = x.to(dtype).clone().requires_grad_()
+    pixel_shift_products_reference(xs, shifts).backward(g.to(dtype))
+    assert_close_to_reference(xd.grad, xr.grad, xs.grad)
+
+
+@requires_native
+def test_pixel_shift_gradcheck_and_opcheck():
+    x = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    shifts = shift_offsets((1, 2))
+    assert torch.autograd.gradcheck(lambda t: pixel_shift_products(t, shifts), (x,))
+    flat = [v for p in shifts for v in p]
+    torch.library.opcheck(torch.ops.translution_ext.pixel_shift_products.default, (x.float(), flat))
+
+
+@requires_native
+def test_pixel_shift_compile():
+    torch._dynamo.reset()
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    shifts = shift_offsets((1,))
+    f = torch.compile(lambda t: pixel_shift_products(t, shifts).square().sum(), fullgraph=True, backend="aot_eager")
+    (g,) = torch.autograd.grad(f(x), x)
+    (g_ref,) = torch.autograd.grad(pixel_shift_products_reference(x, shifts).square().sum(), x)
+    torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.randn(3, 4, 5), r"x must be a 4-D tensor \(B, C, H, W\)"),
+    (torch.randint(0, 3, (1, 1, 3, 3)), "x must have dtype float16, bfloat16, float32 or float64"),
+])
+def test_pixel_shift_errors(bad, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        pixel_shift_products(bad, shift_offsets())
+
+
+def randomize_bn_(module: torch.nn.Module, g: torch.Generator) -> None:
+    with torch.no_grad():
+        for bn in module.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                n = bn.num_features
+                bn.running_mean.copy_(torch.randn(n, generator=g))
+                bn.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
+                bn.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                bn.bias.copy_(torch.randn(n, generator=g))
+
+
+def random_config(seed: int):
+    rnd = random.Random(seed)
+    k = rnd.choice([1, 3, 5])
+    ci = rnd.randint(1, 6)
+    return dict(in_channels=ci, out_channels=rnd.choice([ci, rnd.randint(1, 7)]), kernel_size=k,
+                stride=rnd.choice([1, 2]), shift_lengths=rnd.choice([(1,), (2,), (1, 2)]),
+                pssa_kernel_size=rnd.choice([p for p in (1, 3, 5) if p <= k]),
+                extra_branches=rnd.random() < 0.5), (rnd.randint(1, 3), rnd.randint(3, 11), rnd.randint(3, 11))
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_deployed_equals_training_eval_output(seed):
+    cfg, (b, h, w) = random_config(seed)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = XVolution(**cfg)
+    randomize_bn_(model, g)
+    model.eval()
+    x = torch.randn(b, cfg["in_channels"], h, w, generator=g)
+    expected = model(x)
+    deployed = translution_ext.reparameterize_model(model)
+    out = deployed(x)
+    scale = expected.abs().max().item()
+    assert (out - expected).abs().max().item() <= 1e-5 * max(scale, 1.0), cfg
+    # the original model is untouched (inplace=False) and the deployed one has one conv left
+    assert not model.deployed and deployed.deployed
+    assert [n for n, _ in deployed.named_children()] == ["deployed_conv"]
+
+
+def test_reparameterize_twice_and_state_dict_round_trip():
+    torch.manual_seed(0)
+    model = XVolution(3, 4, 3, shift_lengths=(1, 2), pssa_kernel_size=3, extra_branches=True).eval()
+    randomize_bn_(model, torch.Generator().manual_seed(0))
+    model.reparameterize()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.reparameterize()  # no-op
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    fresh = XVolution(3, 4, 3, shift_lengths=(1, 2), pssa_kernel_size=3, extra_branches=True, deploy=True)
+    fresh.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+def test_whole_model_conversion():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(XVolution(3, 8, 3), torch.nn.ReLU(), XVolution(8, 8, 3, stride=2, extra_branches=True))
+    g = torch.Generator().manual_seed(1)
+    randomize_bn_(net, g)
+    net.eval()
+    x = torch.randn(2, 3, 10, 10)
+    deployed = translution_ext.reparameterize_model(net)
+    torch.testing.assert_close(deployed(x), net(x), atol=1e-5, rtol=1e-5)
+    assert all(m.deployed for m in deployed.modules() if isinstance(m, XVolution))
+    same = translution_ext.reparameterize_model(net, inplace=True)
+    assert same is net and all(m.deployed for m in net.modules() if isinstance(m, XVolution))
+
+
+def test_errors():
+    model = XVolution(2, 2, 3)
+    with pytest.raises(RuntimeError, match="needs BatchNorm in eval mode"):
+        model.reparameterize()
+    with pytest.raises(ValueError, match="kernel_size must be a positive odd int"):
+        XVolution(2, 2, 4)
+    with pytest.raises(ValueError, match=r"pssa_kernel_size must be <= kernel_size = 3"):
+        XVolution(2, 2, 3, pssa_kernel_size=5)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 2, H, W\)"):
+        model(torch.randn(1, 3, 4, 4))
+
+
+@requires_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_fold_matches_reference(dtype):
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(4, 3, 3, 3, generator=g, dtype=dtype), torch.randn(4, 24, 1, 1, generator=g, dtype=dtype)]
+    stats = [[torch.rand(4, generator=g, dtype=dtype) + 0.5 for _ in weights] for _ in range(4)]
+    args = (weights, *stats, [1e-5, 1e-3], [0, 3], 27, 3)
+    native = torch.ops.translution_ext.xvolution_fold(*args)
+    ref = xvolution_fold_reference(*args)
+    for a, b in zip(native, ref):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="every branch kernel must be odd and at most kernel_size = 1"):
+        torch.ops.translution_ext.xvolution_fold(weights, *stats, [1e-5, 1e-3], [0, 3], 27, 1)
+    with pytest.raises(ValueError, match=r"reads input channels \[3, 27\) outside in_channels = 20"):
+        torch.ops.translution_ext.xvolution_fold(weights, *stats, [1e-5, 1e-3], [0, 3], 20, 3)
