@@ -29,7 +29,7 @@ Shifts to_shifts(const std::vector<int64_t>& v) {
 }
 
 template <typename scalar_t>
-__global__ void forward_kernel(const scalar_t* x, scalar_t* out, int64_t B, int64_t C, int64_t H, int64_t W,
+__global__ void pixel_shift_forward_kernel(const scalar_t* x, scalar_t* out, int64_t B, int64_t C, int64_t H, int64_t W,
                                Shifts sh) {
   const int64_t total = B * sh.s * C * H * W;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
@@ -41,7 +41,7 @@ __global__ void forward_kernel(const scalar_t* x, scalar_t* out, int64_t B, int6
 }
 
 template <typename scalar_t>
-__global__ void backward_kernel(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t B, int64_t C, int64_t H,
+__global__ void pixel_shift_backward_kernel(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t B, int64_t C, int64_t H,
                                 int64_t W, Shifts sh) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t total = B * C * H * W;
@@ -69,7 +69,7 @@ at::Tensor pixel_shift_forward_cuda(const at::Tensor& x_in, at::IntArrayRef shif
   at::Tensor out = at::empty({B, sh.s * C, H, W}, x.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_shift_products", [&] {
-    forward_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    pixel_shift_forward_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, C, H, W, sh);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -86,7 +86,7 @@ at::Tensor pixel_shift_backward_cuda(const at::Tensor& grad_in, const at::Tensor
   at::Tensor dx = at::empty_like(x);
   if (dx.numel() == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_shift_products_backward", [&] {
-    backward_kernel<scalar_t><<<blocks_for(dx.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    pixel_shift_backward_kernel<scalar_t><<<blocks_for(dx.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), B, C, H, W, sh);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
