@@ -19,11 +19,16 @@ import torch
 from torch import nn
 
 from .models import GPT, ViT
-from .nn import AlphaTranslution, Attention, Translution
+from .nn import ACmix, AlphaTranslution, Attention, Translution
 from .nn.relative_block import VARIANTS, RelativeBlock
 
 KINDS = ("vit", "gpt")
 _BUFFERS = re.compile(r"(^|\.)(causal|rope\.cos_cached|rope\.sin_cached)$")
+
+
+def _dtype_of(state_dict: Mapping[str, torch.Tensor]) -> torch.dtype:
+    """The floating-point dtype of the weights (the loaded module takes it, so nothing is rounded)."""
+    return next((v.dtype for v in state_dict.values() if v.is_floating_point()), torch.get_default_dtype())
 
 
 def _parse_variant(variant: str) -> Tuple[bool, str]:
@@ -123,6 +128,7 @@ def load_official_attention(state_dict: Mapping[str, torch.Tensor], *, kind: str
         block: RelativeBlock = AlphaTranslution(dim, heads, dim_head, relative=roles, dim_relenc=dim_relenc, **where)
     else:
         block = Translution(dim, heads, dim_head, relative=roles, **where)
+    block = block.to(_dtype_of(state_dict))
     _load_block(block, state_dict, "", f"load_official_attention(kind={kind!r}, variant={variant!r})")
     return block.eval()
 
@@ -196,7 +202,7 @@ def load_official_vit(state_dict: Mapping[str, torch.Tensor], *, variant: str, i
                 dim=state_dict["cls_token"].shape[-1], depth=depth, heads=heads, dim_head=dim_head,
                 mlp_dim=state_dict["translution.layers.0.1.net.1.weight"].shape[0], channels=channels, pool=pool,
                 dim_relenc=dim_relenc, tln_num=tln_num, hybrid_attention="rope2d" if hybrid_rope else "plain",
-                pos_embedding="pos_embedding" in state_dict, **_mixer_args(variant))
+                pos_embedding="pos_embedding" in state_dict, **_mixer_args(variant)).to(_dtype_of(state_dict))
     where = f"load_official_vit(variant={variant!r})"
     _load_trunk(model, state_dict, where)
     for i in (1, 2, 3):
@@ -238,7 +244,7 @@ def load_official_gpt(state_dict: Mapping[str, torch.Tensor], *, variant: str, s
     model = GPT(vocab_size=vocab_size, seq_len=seq_len, dim=dim, depth=depth, heads=heads, dim_head=dim_head,
                 mlp_dim=state_dict["translution.layers.0.1.net.1.weight"].shape[0], dim_relenc=dim_relenc,
                 tln_num=_infer_tln_num(state_dict, depth), pos_embedding="wpe.weight" in state_dict,
-                **_mixer_args(variant))
+                **_mixer_args(variant)).to(_dtype_of(state_dict))
     _load_trunk(model, state_dict, f"load_official_gpt(variant={variant!r})")
     model.token_embed.load_state_dict({"weight": state_dict["wte.weight"]})
     if model.pos_embed is not None:
@@ -259,3 +265,36 @@ def export_official_gpt(model: GPT) -> "OrderedDict[str, torch.Tensor]":
     out["norm.bias"] = model.head_norm.bias.detach().clone()
     out["output_head.weight"] = model.head.weight.detach().clone()
     return out
+
+
+_ACMIX_NAMES = {"q_proj.weight": "conv1.weight", "q_proj.bias": "conv1.bias", "k_proj.weight": "conv2.weight",
+                "k_proj.bias": "conv2.bias", "v_proj.weight": "conv3.weight", "v_proj.bias": "conv3.bias",
+                "pe_proj.weight": "conv_p.weight", "pe_proj.bias": "conv_p.bias", "fc.weight": "fc.weight",
+                "dep_conv.weight": "dep_conv.weight", "rate1": "rate1", "rate2": "rate2"}
+
+
+def load_official_acmix(state_dict: Mapping[str, torch.Tensor], in_planes: int, out_planes: int,
+                        kernel_att: int = 7, head: int = 4, kernel_conv: int = 3, stride: int = 1) -> ACmix:
+    """Our :class:`~translution_ext.nn.ACmix`, in eval mode, from the authors' ACmix module's state dict.
+
+    Their keys: conv1/conv2/conv3 (q/k/v), conv_p, fc.weight, dep_conv.weight, rate1, rate2.
+    """
+    block = ACmix(in_planes, out_planes, kernel_att, head, kernel_conv, stride).to(_dtype_of(state_dict))
+    ours = block.state_dict()
+    missing = sorted(t for t in _ACMIX_NAMES.values() if t not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in _ACMIX_NAMES.values())
+    if missing or unexpected:
+        raise ValueError(f"load_official_acmix: the state dict does not match; missing keys: {missing or 'none'}; "
+                         f"unexpected keys: {unexpected or 'none'}")
+    for our_name, their_name in _ACMIX_NAMES.items():
+        if tuple(state_dict[their_name].shape) != tuple(ours[our_name].shape):
+            raise ValueError(f"load_official_acmix: {their_name} must have shape {tuple(ours[our_name].shape)} for "
+                             f"this configuration, got {tuple(state_dict[their_name].shape)}")
+    block.load_state_dict({o: state_dict[t] for o, t in _ACMIX_NAMES.items()})
+    return block.eval()
+
+
+def export_official_acmix(block: ACmix) -> "OrderedDict[str, torch.Tensor]":
+    """The authors' ACmix state dict of our block (the reverse of :func:`load_official_acmix`)."""
+    ours = block.state_dict()
+    return OrderedDict((t, ours[o].detach().clone()) for o, t in _ACMIX_NAMES.items())

@@ -1,4 +1,5 @@
-"""Modules: Translution, α-Translution, the ordinary attention of hybrid models, X-volution."""
+"""Modules: Translution, α-Translution, the ordinary attention of hybrid models, ACmix, X-volution."""
+from .acmix import ACmix
 from .alpha_translution import AlphaTranslution
 from .attention import Attention, RotaryEmbedding2D
 from .functional import BACKENDS
@@ -8,6 +9,7 @@ from .translution import Translution
 from .xvolution import XVolution
 
 __all__ = [
+    "ACmix",
     "AlphaTranslution",
     "Attention",
     "BACKENDS",

@@ -1,0 +1,91 @@
+"""ACmix (ResNet form) against the spec written with explicit window offsets, and the weight loader."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from translution_ext import compat
+from translution_ext.nn import ACmix
+
+
+def spec_acmix(sd, x, *, heads, ka, kc, stride):
+    """acmix.md, one window offset at a time (no unfold), on the authors' state dict."""
+    q, k, v = (F.conv2d(x, sd[f"conv{i}.weight"], sd[f"conv{i}.bias"]) for i in (1, 2, 3))
+    b, c, h, w = q.shape
+    hd = c // heads
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    loc = torch.stack([torch.linspace(-1, 1, w, dtype=x.dtype)[None].expand(h, w),
+                       torch.linspace(-1, 1, h, dtype=x.dtype)[:, None].expand(h, w)])[None]
+    pe = F.conv2d(loc, sd["conv_p.weight"], sd["conv_p.bias"])
+    p = ka // 2
+    pad = lambda t: F.pad(t, (p, p, p, p), mode="reflect")  # noqa: E731
+    at = lambda t, du, dv: t[..., du: du + (ho - 1) * stride + 1: stride, dv: dv + (wo - 1) * stride + 1: stride]  # noqa: E731
+    qh = (q * hd ** -0.5).view(b, heads, hd, h, w)[..., ::stride, ::stride]
+    kp, vp, pp = pad(k).view(b, heads, hd, h + 2 * p, w + 2 * p), pad(v).view(b, heads, hd, h + 2 * p, w + 2 * p), pad(pe)
+    pe_c = pe[..., ::stride, ::stride][:, None]
+    offsets = [(du, dv) for du in range(ka) for dv in range(ka)]  # row-major window positions
+    logits = torch.stack([(qh * (at(kp, du, dv) + pe_c - at(pp, du, dv)[:, None])).sum(2) for du, dv in offsets], 2)
+    a = logits.softmax(2)  # (b, heads, ka², ho, wo)
+    out_att = sum(a[:, :, u, None] * at(vp, du, dv) for u, (du, dv) in enumerate(offsets)).reshape(b, c, ho, wo)
+    z = torch.cat([t.reshape(b, heads, hd, h * w) for t in (q, k, v)], 1)  # channel t·Nh + n
+    f = torch.einsum("ot,btds->bdos", sd["fc.weight"][:, :, 0, 0], z).reshape(b, hd * kc * kc, h, w)
+    out_conv = F.conv2d(f, sd["dep_conv.weight"], None, stride, kc // 2, 1, hd)
+    return sd["rate1"] * out_att + sd["rate2"] * out_conv
+
+
+def random_official(cin, c, heads, ka, kc, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    hd = c // heads
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype) * 0.5  # noqa: E731
+    sd = {f"conv{i}.{n}": r(c, cin, 1, 1) if n == "weight" else r(c) for i in (1, 2, 3) for n in ("weight", "bias")}
+    sd.update({"conv_p.weight": r(hd, 2, 1, 1), "conv_p.bias": r(hd), "fc.weight": r(kc * kc, 3 * heads, 1, 1),
+               "dep_conv.weight": r(c, kc * kc, kc, kc), "rate1": r(1), "rate2": r(1)})
+    return sd
+
+
+@pytest.mark.parametrize("cin,c,heads,ka,kc,stride,hw", [
+    (5, 8, 4, 7, 3, 1, (9, 8)), (6, 12, 3, 3, 3, 2, (8, 10)), (4, 8, 2, 5, 3, 2, (7, 9)), (3, 4, 1, 7, 5, 1, (8, 8)),
+])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_spec_and_loads_authors_weights(cin, c, heads, ka, kc, stride, hw, dtype):
+    sd = random_official(cin, c, heads, ka, kc, dtype=dtype)
+    block = compat.load_official_acmix(sd, cin, c, kernel_att=ka, head=heads, kernel_conv=kc, stride=stride)
+    block = block.to(dtype)
+    x = torch.randn(2, cin, *hw, dtype=dtype, requires_grad=True)
+    y = block(x)
+    x_ref = x.detach().clone().requires_grad_()
+    sd_ref = {k: v.clone().requires_grad_() for k, v in sd.items()}
+    y_ref = spec_acmix(sd_ref, x_ref, heads=heads, ka=ka, kc=kc, stride=stride)
+    tol = dict(atol=1e-10, rtol=1e-9) if dtype == torch.float64 else dict(atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(y, y_ref, **tol)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad, **tol)
+    for ours, theirs in compat._ACMIX_NAMES.items():
+        torch.testing.assert_close(block.get_parameter(ours).grad, sd_ref[theirs].grad, **tol, msg=ours)
+    exported = compat.export_official_acmix(block)
+    assert sorted(exported) == sorted(sd)
+
+
+def test_initialisation_matches_the_reference():
+    block = ACmix(8, 8, head=4)
+    assert torch.equal(block.rate1, torch.tensor([0.5])) and torch.equal(block.rate2, torch.tensor([0.5]))
+    assert block.dep_conv.bias is None
+    w = block.dep_conv.weight
+    for i in range(9):
+        assert (w[:, i, i // 3, i % 3] == 1).all() and w[:, i].sum() == w.shape[0]
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="out_planes must be divisible by head = 4"):
+        ACmix(8, 10, head=4)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 8, H, W\)"):
+        ACmix(8, 8)(torch.randn(1, 3, 9, 9))
+    with pytest.raises(ValueError, match="must exceed kernel_att // 2 = 3"):
+        ACmix(8, 8)(torch.randn(1, 8, 3, 9))
+    sd = random_official(4, 8, 4, 7, 3)
+    del sd["fc.weight"]
+    with pytest.raises(ValueError, match=r"missing keys: \['fc.weight'\]"):
+        compat.load_official_acmix(sd, 4, 8)

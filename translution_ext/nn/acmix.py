@@ -1,0 +1,112 @@
+"""ACmix, ResNet form: shared 1x1 projections feeding local window attention and a shift convolution.
+
+Spec: acmix.md.  y = rate1 · attention(q, k, v) + rate2 · conv(q, k, v).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def position_grid(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
+    """(1, 2, H, W): channel 0 = linspace(−1, 1, W) along columns, channel 1 = linspace(−1, 1, H) along rows."""
+    cols = torch.linspace(-1.0, 1.0, w, device=device, dtype=dtype)[None, :].expand(h, w)
+    rows = torch.linspace(-1.0, 1.0, h, device=device, dtype=dtype)[:, None].expand(h, w)
+    return torch.stack([cols, rows])[None]
+
+
+def window_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pe: torch.Tensor, heads: int,
+                               window: int, stride: int) -> torch.Tensor:
+    """ACmix's attention path, literally (unfolded windows; small inputs and tests).
+
+    q, k, v: (B, C, H, W) with C = heads·hd (head-major channels); pe: (1, hd, H, W).
+    logit[u] = <q·hd^-1/2, k_pad[u] + pe_centre − pe_pad[u]> over the window positions u
+    (reflection padding of window // 2; q and pe_centre at [::stride, ::stride]),
+    softmax over u, output = Σ_u A[u] v_pad[u]: (B, C, H_out, W_out).
+    """
+    b, c, h, w = q.shape
+    hd = c // heads
+    pad = window // 2
+    h_out, w_out = (h - 1) // stride + 1, (w - 1) // stride + 1
+
+    def windows(t):  # (N, hd, H, W) -> (N, hd, window², H_out, W_out)
+        n = t.shape[0]
+        cols = F.unfold(F.pad(t, (pad, pad, pad, pad), mode="reflect"), window, stride=stride)
+        return cols.view(n, hd, window * window, h_out, w_out)
+
+    q_att = (q.reshape(b * heads, hd, h, w) * hd ** -0.5)[:, :, ::stride, ::stride]
+    pe_centre = pe[:, :, ::stride, ::stride]
+    logits = (q_att.unsqueeze(2) * (windows(k.reshape(b * heads, hd, h, w)) + pe_centre.unsqueeze(2)
+                                    - windows(pe))).sum(1)
+    attn = logits.softmax(dim=1)
+    out = (attn.unsqueeze(1) * windows(v.reshape(b * heads, hd, h, w))).sum(2)
+    return out.reshape(b, c, h_out, w_out)
+
+
+class ACmix(nn.Module):
+    """ACmix block (ResNet/SAN form).
+
+    Args:
+        in_planes, out_planes: Cin and C (C divisible by head).
+        kernel_att: the attention window ka (odd).
+        head: Nh; hd = C / Nh.
+        kernel_conv: kc of the shift convolution (odd).
+        stride: 1 or 2.
+
+    Parameters: ``q_proj``/``k_proj``/``v_proj`` (1x1 convs with bias), ``pe_proj`` (1x1 conv
+    2 -> hd), ``fc`` (1x1 conv 3·Nh -> kc², no bias), ``dep_conv`` (grouped kc x kc conv,
+    shift-initialised, no bias), ``rate1``, ``rate2`` (0.5 at init).
+
+    forward: (B, Cin, H, W) -> (B, C, ceil(H / stride), ceil(W / stride)).
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_att: int = 7, head: int = 4, kernel_conv: int = 3,
+                 stride: int = 1):
+        super().__init__()
+        if out_planes % head:
+            raise ValueError(f"out_planes must be divisible by head = {head}, got {out_planes}")
+        for name, k in (("kernel_att", kernel_att), ("kernel_conv", kernel_conv)):
+            if k < 1 or k % 2 == 0:
+                raise ValueError(f"{name} must be a positive odd int, got {k}")
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        self.in_planes, self.out_planes, self.head = in_planes, out_planes, head
+        self.kernel_att, self.kernel_conv, self.stride = kernel_att, kernel_conv, stride
+        self.head_dim = out_planes // head
+        self.q_proj = nn.Conv2d(in_planes, out_planes, 1)
+        self.k_proj = nn.Conv2d(in_planes, out_planes, 1)
+        self.v_proj = nn.Conv2d(in_planes, out_planes, 1)
+        self.pe_proj = nn.Conv2d(2, self.head_dim, 1)
+        self.fc = nn.Conv2d(3 * head, kernel_conv * kernel_conv, 1, bias=False)
+        self.dep_conv = nn.Conv2d(kernel_conv * kernel_conv * self.head_dim, out_planes, kernel_conv,
+                                  stride=stride, padding=kernel_conv // 2, groups=self.head_dim, bias=False)
+        self.rate1 = nn.Parameter(torch.full((1,), 0.5))
+        self.rate2 = nn.Parameter(torch.full((1,), 0.5))
+        with torch.no_grad():  # every group starts as the kc² shifts: tap i copies input channel i
+            taps = kernel_conv * kernel_conv
+            shift = torch.zeros(taps, kernel_conv, kernel_conv)
+            for i in range(taps):
+                shift[i, i // kernel_conv, i % kernel_conv] = 1.0
+            self.dep_conv.weight.copy_(shift.repeat(out_planes, 1, 1, 1))
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_planes}, {self.out_planes}, kernel_att={self.kernel_att}, head={self.head}, "
+                f"kernel_conv={self.kernel_conv}, stride={self.stride}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_planes:
+            raise ValueError(f"x must have shape (B, {self.in_planes}, H, W), got {tuple(x.shape)}")
+        b, _, h, w = x.shape
+        pad = self.kernel_att // 2
+        if pad >= h or pad >= w:
+            raise ValueError(f"x's height and width must exceed kernel_att // 2 = {pad} (reflection padding), "
+                             f"got {(h, w)}")
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        pe = self.pe_proj(position_grid(h, w, x.device, x.dtype))
+        out_att = window_attention_reference(q, k, v, pe, self.head, self.kernel_att, self.stride)
+        # Conv path: the 3·Nh maps of every head slice d mixed into kc² shift inputs, then grouped by d.
+        z = torch.cat([t.reshape(b, self.head, self.head_dim, h * w) for t in (q, k, v)], dim=1)
+        f = self.fc(z).permute(0, 2, 1, 3).reshape(b, -1, h, w)  # channel d·kc² + i
+        out_conv = self.dep_conv(f)
+        return self.rate1 * out_att + self.rate2 * out_conv
