@@ -8,13 +8,14 @@ blocks, ``translution_ext.models`` the ViT and GPT models and
 """
 from ._native import build_info, has_native
 from . import indexing, ops, reference
-from . import nn, models, compat, xvolution_ops
+from . import nn, models, compat, xvolution_ops, acmix_ops
 from .reparameterize import reparameterize_model
 from .indexing import RelativeIndex
 from .ops import relative_offset_projection, translution_attention
 
 __all__ = [
     "RelativeIndex",
+    "acmix_ops",
     "build_info",
     "compat",
     "has_native",

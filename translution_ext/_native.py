@@ -81,6 +81,7 @@ NATIVE_DEVICE_TYPES: frozenset[str] = _device_types(
     "relative_offset_projection", "relative_offset_projection_grad_x", "relative_offset_projection_grad_weight")
 FUSED_DEVICE_TYPES: frozenset[str] = _device_types("translution_attention", "translution_attention_backward")
 PIXEL_SHIFT_DEVICE_TYPES: frozenset[str] = _device_types("pixel_shift_products", "pixel_shift_products_backward")
+ACMIX_DEVICE_TYPES: frozenset[str] = _device_types("acmix_window_attention", "acmix_window_attention_backward")
 
 
 def build_info() -> dict[str, Any]:

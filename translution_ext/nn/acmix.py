@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..acmix_ops import acmix_window_attention
+
 
 def position_grid(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
     """(1, 2, H, W): channel 0 = linspace(−1, 1, W) along columns, channel 1 = linspace(−1, 1, H) along rows."""
@@ -104,7 +106,7 @@ class ACmix(nn.Module):
                              f"got {(h, w)}")
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         pe = self.pe_proj(position_grid(h, w, x.device, x.dtype))
-        out_att = window_attention_reference(q, k, v, pe, self.head, self.kernel_att, self.stride)
+        out_att = acmix_window_attention(q, k, v, pe, self.head, self.kernel_att, self.stride)
         # Conv path: the 3·Nh maps of every head slice d mixed into kc² shift inputs, then grouped by d.
         z = torch.cat([t.reshape(b, self.head, self.head_dim, h * w) for t in (q, k, v)], dim=1)
         f = self.fc(z).permute(0, 2, 1, 3).reshape(b, -1, h, w)  # channel d·kc² + i

@@ -1,0 +1,201 @@
+// ACmix's attention path on CPU, without unfolded windows (spec: acmix.md).
+//
+// For output pixel (yo, xo) of head n, centre c = (yo*s, xo*s) and window position u = (du, dv):
+//   p_u    = reflect(c + (du, dv) - ka/2)
+//   logit_u = sum_d q[c, d] * scale * (k[p_u, d] + pe[c, d] - pe[p_u, d]);  a = softmax_u(logit)
+//   out[d] = sum_u a_u * v[p_u, d]
+// One work item per (batch, head) plane: it owns that head's q/k/v gradients; the position
+// term is shared by every plane, so its gradient goes to per-thread buffers summed in
+// thread order (deterministic).  The softmax weights (B, H, ka², Ho, Wo) are returned for
+// the backward: ka²/hd times smaller than one unfolded tensor.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../relative_offset_projection.h"
+
+namespace translution_ext {
+
+namespace {
+
+constexpr const char* kOp = "acmix_window_attention: ";
+
+inline int64_t reflect(int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
+
+struct Geometry {
+  int64_t B, C, H, W, heads, hd, window, stride, Ho, Wo;
+};
+
+Geometry check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pe, int64_t heads,
+               int64_t window, int64_t stride) {
+  TORCH_CHECK_VALUE(q.dim() == 4, kOp, "q must be a 4-D tensor (B, C, H, W), got shape ", shape_str(q));
+  const auto t = q.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, kOp,
+                   "q must have dtype float16, bfloat16, float32 or float64, got ", t);
+  for (const auto& [name, x] : {std::pair<const char*, const at::Tensor&>{"k", k}, {"v", v}}) {
+    TORCH_CHECK_VALUE(x.sizes() == q.sizes(), kOp, name, " must have the shape of q ", shape_str(q), ", got ",
+                      shape_str(x));
+    TORCH_CHECK_TYPE(x.scalar_type() == t, kOp, name, " must have the dtype of q (", t, "), got ", x.scalar_type());
+  }
+  TORCH_CHECK_VALUE(heads >= 1 && q.size(1) % heads == 0, kOp, "heads must divide C == ", q.size(1), ", got ", heads);
+  const int64_t hd = q.size(1) / heads;
+  TORCH_CHECK_VALUE(pe.dim() == 3 && pe.size(0) == hd && pe.size(1) == q.size(2) && pe.size(2) == q.size(3), kOp,
+                    "pe must have shape (hd, H, W) = (", hd, ", ", q.size(2), ", ", q.size(3), "), got ", shape_str(pe));
+  TORCH_CHECK_TYPE(pe.scalar_type() == t, kOp, "pe must have the dtype of q (", t, "), got ", pe.scalar_type());
+  TORCH_CHECK_VALUE(window >= 1 && window % 2 == 1, kOp, "window must be a positive odd int, got ", window);
+  TORCH_CHECK_VALUE(stride >= 1, kOp, "stride must be >= 1, got ", stride);
+  TORCH_CHECK_VALUE(window / 2 < q.size(2) && window / 2 < q.size(3), kOp,
+                    "H and W must exceed window // 2 == ", window / 2, " (reflection padding), got ", q.size(2),
+                    " x ", q.size(3));
+  for (const auto* x : {&k, &v, &pe})
+    TORCH_CHECK_VALUE(x->device() == q.device(), kOp, "all inputs must be on q's device (", q.device(), ")");
+  const int64_t H = q.size(2), W = q.size(3);
+  return {q.size(0), q.size(1), H, W, heads, hd, window, stride, (H - 1) / stride + 1, (W - 1) / stride + 1};
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                                               const at::Tensor& pe_in, int64_t heads, int64_t window, int64_t stride,
+                                               double scale) {
+  const Geometry g = check(q_in, k_in, v_in, pe_in, heads, window, stride);
+  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), pe = pe_in.contiguous();
+  const int64_t U = g.window * g.window, HW = g.H * g.W, HoWo = g.Ho * g.Wo;
+  at::Tensor out = at::empty({g.B, g.C, g.Ho, g.Wo}, q.options());
+  at::Tensor attn = at::empty({g.B, g.heads, U, g.Ho, g.Wo}, q.options().dtype(at::toOpMathType(q.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "acmix_window_attention", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>();
+    const scalar_t* pp = pe.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    acc_t* ap = attn.data_ptr<acc_t>();
+    at::parallel_for(0, g.B * g.heads, 1, [&](int64_t first, int64_t last) {
+      std::vector<acc_t> logit(U), qc(g.hd);
+      std::vector<int64_t> pos(U);
+      for (int64_t bn = first; bn < last; ++bn) {
+        const int64_t base = bn * g.hd * HW;  // channel n*hd of batch b: (b*C + n*hd) * HW
+        for (int64_t yo = 0; yo < g.Ho; ++yo) {
+          for (int64_t xo = 0; xo < g.Wo; ++xo) {
+            const int64_t yc = yo * g.stride, xc = xo * g.stride, centre = yc * g.W + xc;
+            for (int64_t d = 0; d < g.hd; ++d) qc[d] = acc_t(qp[base + d * HW + centre]) * acc_t(scale);
+            acc_t peq = 0;  // sum_d q_d * pe[c, d]: the same for every u
+            for (int64_t d = 0; d < g.hd; ++d) peq += qc[d] * acc_t(pp[d * HW + centre]);
+            acc_t mx = -std::numeric_limits<acc_t>::infinity();
+            for (int64_t u = 0; u < U; ++u) {
+              const int64_t yy = reflect(yc + u / g.window - g.window / 2, g.H);
+              const int64_t xx = reflect(xc + u % g.window - g.window / 2, g.W);
+              pos[u] = yy * g.W + xx;
+              acc_t s = peq;
+              for (int64_t d = 0; d < g.hd; ++d)
+                s += qc[d] * (acc_t(kp[base + d * HW + pos[u]]) - acc_t(pp[d * HW + pos[u]]));
+              logit[u] = s;
+              mx = std::max(mx, s);
+            }
+            acc_t total = 0;
+            for (int64_t u = 0; u < U; ++u) total += (logit[u] = std::exp(logit[u] - mx));
+            const int64_t o = yo * g.Wo + xo;
+            for (int64_t u = 0; u < U; ++u) ap[(bn * U + u) * HoWo + o] = logit[u] / total;
+            for (int64_t d = 0; d < g.hd; ++d) {
+              acc_t acc = 0;
+              for (int64_t u = 0; u < U; ++u) acc += ap[(bn * U + u) * HoWo + o] * acc_t(vp[base + d * HW + pos[u]]);
+              op[bn * g.hd * HoWo + d * HoWo + o] = static_cast<scalar_t>(acc);
+            }
+          }
+        }
+      }
+    });
+  });
+  return {out, attn};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& pe_in, const at::Tensor& attn_in, int64_t heads, int64_t window, int64_t stride, double scale) {
+  const Geometry g = check(q_in, k_in, v_in, pe_in, heads, window, stride);
+  const int64_t U = g.window * g.window, HW = g.H * g.W, HoWo = g.Ho * g.Wo;
+  TORCH_CHECK_VALUE(grad_in.sizes() == at::IntArrayRef({g.B, g.C, g.Ho, g.Wo}), kOp, "grad_out must have shape (",
+                    g.B, ", ", g.C, ", ", g.Ho, ", ", g.Wo, "), got ", shape_str(grad_in));
+  TORCH_CHECK_VALUE(attn_in.sizes() == at::IntArrayRef({g.B, g.heads, U, g.Ho, g.Wo}), kOp,
+                    "attn must have shape (B, heads, window², Ho, Wo), got ", shape_str(attn_in));
+  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), pe = pe_in.contiguous();
+  const at::Tensor go = grad_in.contiguous(), attn = attn_in.contiguous();
+  const auto acc_type = at::toOpMathType(q.scalar_type());
+  at::Tensor dq = at::zeros(q.sizes(), q.options().dtype(acc_type));
+  at::Tensor dk = at::zeros_like(dq), dv = at::zeros_like(dq);
+  const int threads = at::get_num_threads();
+  std::vector<at::Tensor> dpe_local(threads);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "acmix_window_attention_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>();
+    const scalar_t *pp = pe.data_ptr<scalar_t>(), *gp = go.data_ptr<scalar_t>();
+    const acc_t* ap = attn.data_ptr<acc_t>();
+    acc_t *dqp = dq.data_ptr<acc_t>(), *dkp = dk.data_ptr<acc_t>(), *dvp = dv.data_ptr<acc_t>();
+    at::parallel_for(0, g.B * g.heads, 1, [&](int64_t first, int64_t last) {
+      at::Tensor& mine = dpe_local[at::get_thread_num()];
+      if (!mine.defined()) mine = at::zeros({g.hd, g.H, g.W}, dq.options());
+      acc_t* dpp = mine.data_ptr<acc_t>();
+      std::vector<acc_t> dlogit(U), qc(g.hd), gc(g.hd);
+      std::vector<int64_t> pos(U);
+      for (int64_t bn = first; bn < last; ++bn) {
+        const int64_t base = bn * g.hd * HW;
+        for (int64_t yo = 0; yo < g.Ho; ++yo) {
+          for (int64_t xo = 0; xo < g.Wo; ++xo) {
+            const int64_t yc = yo * g.stride, xc = xo * g.stride, centre = yc * g.W + xc, o = yo * g.Wo + xo;
+            for (int64_t d = 0; d < g.hd; ++d) {
+              qc[d] = acc_t(qp[base + d * HW + centre]) * acc_t(scale);
+              gc[d] = acc_t(gp[bn * g.hd * HoWo + d * HoWo + o]);
+            }
+            acc_t row = 0;  // sum_u a_u dA_u
+            for (int64_t u = 0; u < U; ++u) {
+              pos[u] = reflect(yc + u / g.window - g.window / 2, g.H) * g.W +
+                       reflect(xc + u % g.window - g.window / 2, g.W);
+              const acc_t a = ap[(bn * U + u) * HoWo + o];
+              acc_t dA = 0;
+              for (int64_t d = 0; d < g.hd; ++d) {
+                dA += gc[d] * acc_t(vp[base + d * HW + pos[u]]);
+                dvp[base + d * HW + pos[u]] += a * gc[d];
+              }
+              dlogit[u] = dA;
+              row += a * dA;
+            }
+            for (int64_t u = 0; u < U; ++u) {
+              const acc_t dl = ap[(bn * U + u) * HoWo + o] * (dlogit[u] - row);
+              for (int64_t d = 0; d < g.hd; ++d) {
+                const acc_t term = acc_t(kp[base + d * HW + pos[u]]) + acc_t(pp[d * HW + centre]) -
+                                   acc_t(pp[d * HW + pos[u]]);
+                dqp[base + d * HW + centre] += dl * term * acc_t(scale);
+                dkp[base + d * HW + pos[u]] += dl * qc[d];
+                dpp[d * HW + centre] += dl * qc[d];
+                dpp[d * HW + pos[u]] -= dl * qc[d];
+              }
+            }
+          }
+        }
+      }
+    });
+  });
+  at::Tensor dpe = at::zeros({g.hd, g.H, g.W}, dq.options());
+  for (auto& t : dpe_local)
+    if (t.defined()) dpe.add_(t);
+  const auto dt = q.scalar_type();
+  return {dq.to(dt), dk.to(dt), dv.to(dt), dpe.to(dt)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(translution_ext, m) {
+  m.def("acmix_window_attention(Tensor q, Tensor k, Tensor v, Tensor pe, int heads, int window, int stride, "
+        "float scale) -> (Tensor, Tensor)");
+  m.def("acmix_window_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor pe, Tensor attn, "
+        "int heads, int window, int stride, float scale) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(translution_ext, CPU, m) {
+  m.impl("acmix_window_attention", &forward_cpu);
+  m.impl("acmix_window_attention_backward", &backward_cpu);
+}
+
+}  // namespace translution_ext

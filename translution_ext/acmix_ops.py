@@ -1,0 +1,67 @@
+"""ACmix's attention path as one op: windowed attention with the relative position term.
+
+Spec: acmix.md.  The native kernel never unfolds k, v or the position term; devices
+without it run :func:`translution_ext.nn.acmix.window_attention_reference`.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _native
+
+
+def acmix_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pe: torch.Tensor, heads: int,
+                           window: int, stride: int = 1) -> torch.Tensor:
+    """Local window attention of ACmix.
+
+    Args:
+        q, k, v: (B, C, H, W), C = heads·hd, head-major channels.
+        pe: (1, hd, H, W) or (hd, H, W), the projected position grid (shared by heads).
+        heads: Nh.  window: ka (odd).  stride: s.
+
+    Returns:
+        (B, C, ceil(H / s), ceil(W / s)); differentiable in q, k, v and pe.
+    """
+    if torch.is_autocast_enabled(q.device.type):
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v, pe = (t.to(dtype) for t in (q, k, v, pe))
+    if q.device.type not in _native.ACMIX_DEVICE_TYPES:
+        from .nn.acmix import window_attention_reference
+
+        return window_attention_reference(q, k, v, pe if pe.dim() == 4 else pe[None], heads, window, stride)
+    hd = q.shape[1] // heads if q.dim() == 4 and heads > 0 else 1
+    out, _ = torch.ops.translution_ext.acmix_window_attention(
+        q, k, v, pe[0] if pe.dim() == 4 else pe, heads, window, stride, hd ** -0.5)
+    return out
+
+
+def _register() -> None:
+    lib = "translution_ext::"
+
+    @torch.library.register_fake(lib + "acmix_window_attention")
+    def _(q, k, v, pe, heads, window, stride, scale):
+        b, c, h, w = q.shape
+        ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+        acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+        return q.new_empty((b, c, ho, wo)), q.new_empty((b, heads, window * window, ho, wo), dtype=acc)
+
+    @torch.library.register_fake(lib + "acmix_window_attention_backward")
+    def _(grad_out, q, k, v, pe, attn, heads, window, stride, scale):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(pe)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, pe, heads, window, stride, scale = inputs
+        ctx.meta = (heads, window, stride, scale)
+        ctx.save_for_backward(q, k, v, pe, output[1])
+
+    def backward(ctx, grad_out, _grad_attn):
+        q, k, v, pe, attn = ctx.saved_tensors
+        grads = torch.ops.translution_ext.acmix_window_attention_backward(grad_out.contiguous(), q, k, v, pe, attn,
+                                                                          *ctx.meta)
+        return (*grads, None, None, None, None)
+
+    torch.library.register_autograd(lib + "acmix_window_attention", backward, setup_context=setup_context)
+
+
+if _native.ACMIX_DEVICE_TYPES:
+    _register()
