@@ -89,3 +89,70 @@ def test_errors():
     del sd["fc.weight"]
     with pytest.raises(ValueError, match=r"missing keys: \['fc.weight'\]"):
         compat.load_official_acmix(sd, 4, 8)
+
+
+from translution_ext.acmix_ops import acmix_window_attention  # noqa: E402
+from translution_ext.nn.acmix import window_attention_reference  # noqa: E402
+
+from conftest import assert_close_to_reference, requires_native  # noqa: E402
+
+
+def op_inputs(b=2, heads=2, hd=3, h=7, w=6, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, heads * hd, h, w, generator=g, dtype=dtype) for _ in range(3))
+    pe = torch.randn(1, hd, h, w, generator=g, dtype=dtype)
+    return q, k, v, pe
+
+
+@requires_native
+@pytest.mark.parametrize("window,stride", [(7, 1), (3, 2), (5, 2), (1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_op_matches_reference_per_dtype(window, stride, dtype):
+    q, k, v, pe = op_inputs()
+    exact = window_attention_reference(q, k, v, pe, 2, window, stride)
+    low = [t.to(dtype) for t in (q, k, v, pe)]
+    assert_close_to_reference(acmix_window_attention(*low, 2, window, stride), exact,
+                              window_attention_reference(*low, 2, window, stride))
+
+
+@requires_native
+@pytest.mark.parametrize("window,stride", [(3, 1), (5, 2)])
+def test_op_gradcheck_and_opcheck(window, stride):
+    q, k, v, pe = (t.requires_grad_() for t in op_inputs(b=1, hd=2, h=5, w=4))
+    assert torch.autograd.gradcheck(lambda *t: acmix_window_attention(*t, 2, window, stride), (q, k, v, pe))
+    args = (q.float(), k.float(), v.float(), pe[0].float(), 2, window, stride, 0.7)
+    torch.library.opcheck(torch.ops.translution_ext.acmix_window_attention.default, args)
+
+
+@requires_native
+def test_op_compile_and_memory():
+    torch._dynamo.reset()
+    block = ACmix(8, 8, head=2)
+    x = torch.randn(2, 8, 9, 9, requires_grad=True)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), block(x))
+    # autograd keeps the softmax weights (B, heads, 49, H, W), never a (B, C, 49, H, W) unfold
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(x)
+    assert sum(storages.values()) < 2 * 8 * 49 * 81 * 4
+
+
+@requires_native
+@pytest.mark.parametrize("change,match", [
+    (lambda a: a.update(k=a["k"][:, :, :5]), r"k must have the shape of q"),
+    (lambda a: a.update(heads=4), "heads must divide C == 6"),
+    (lambda a: a.update(window=4), "window must be a positive odd int"),
+    (lambda a: a.update(pe=a["pe"][:, :2]), r"pe must have shape \(hd, H, W\) = \(3, 7, 6\)"),
+])
+def test_op_errors(change, match):
+    q, k, v, pe = op_inputs()
+    args = dict(q=q, k=k, v=v, pe=pe, heads=2, window=3, stride=1)
+    change(args)
+    with pytest.raises(ValueError, match=match):
+        acmix_window_attention(**args)
