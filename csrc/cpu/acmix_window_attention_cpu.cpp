@@ -27,6 +27,15 @@ constexpr const char* kOp = "acmix_window_attention: ";
 
 inline int64_t reflect(int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
 
+// (hd, HW) channel-major maps -> (HW, hd) in the accumulation type.
+template <typename scalar_t, typename acc_t>
+std::vector<acc_t> channels_last(const scalar_t* p, int64_t hd, int64_t hw) {
+  std::vector<acc_t> t(hd * hw);
+  for (int64_t d = 0; d < hd; ++d)
+    for (int64_t i = 0; i < hw; ++i) t[i * hd + d] = acc_t(p[d * hw + i]);
+  return t;
+}
+
 struct Geometry {
   int64_t B, C, H, W, heads, hd, window, stride, Ho, Wo;
 };
@@ -72,37 +81,46 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q_in, const at:
     const scalar_t* pp = pe.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     acc_t* ap = attn.data_ptr<acc_t>();
+    const std::vector<acc_t> pe_t = channels_last<scalar_t, acc_t>(pp, g.hd, HW);
     at::parallel_for(0, g.B * g.heads, 1, [&](int64_t first, int64_t last) {
-      std::vector<acc_t> logit(U), qc(g.hd);
+      std::vector<acc_t> logit(U);
       std::vector<int64_t> pos(U);
       for (int64_t bn = first; bn < last; ++bn) {
         const int64_t base = bn * g.hd * HW;  // channel n*hd of batch b: (b*C + n*hd) * HW
+        // This head's maps as (pixel, d): the inner products below then read contiguous rows.
+        const auto qt = channels_last<scalar_t, acc_t>(qp + base, g.hd, HW);
+        const auto kt = channels_last<scalar_t, acc_t>(kp + base, g.hd, HW);
+        const auto vt = channels_last<scalar_t, acc_t>(vp + base, g.hd, HW);
         for (int64_t yo = 0; yo < g.Ho; ++yo) {
           for (int64_t xo = 0; xo < g.Wo; ++xo) {
             const int64_t yc = yo * g.stride, xc = xo * g.stride, centre = yc * g.W + xc;
-            for (int64_t d = 0; d < g.hd; ++d) qc[d] = acc_t(qp[base + d * HW + centre]) * acc_t(scale);
+            const acc_t* qc = &qt[centre * g.hd];
+            const acc_t* pc = &pe_t[centre * g.hd];
             acc_t peq = 0;  // sum_d q_d * pe[c, d]: the same for every u
-            for (int64_t d = 0; d < g.hd; ++d) peq += qc[d] * acc_t(pp[d * HW + centre]);
+            for (int64_t d = 0; d < g.hd; ++d) peq += qc[d] * pc[d];
             acc_t mx = -std::numeric_limits<acc_t>::infinity();
             for (int64_t u = 0; u < U; ++u) {
               const int64_t yy = reflect(yc + u / g.window - g.window / 2, g.H);
               const int64_t xx = reflect(xc + u % g.window - g.window / 2, g.W);
               pos[u] = yy * g.W + xx;
-              acc_t s = peq;
-              for (int64_t d = 0; d < g.hd; ++d)
-                s += qc[d] * (acc_t(kp[base + d * HW + pos[u]]) - acc_t(pp[d * HW + pos[u]]));
-              logit[u] = s;
-              mx = std::max(mx, s);
+              const acc_t* ku = &kt[pos[u] * g.hd];
+              const acc_t* pu = &pe_t[pos[u] * g.hd];
+              acc_t s = 0;
+              for (int64_t d = 0; d < g.hd; ++d) s += qc[d] * (ku[d] - pu[d]);
+              logit[u] = s * acc_t(scale) + peq * acc_t(scale);
+              mx = std::max(mx, logit[u]);
             }
             acc_t total = 0;
             for (int64_t u = 0; u < U; ++u) total += (logit[u] = std::exp(logit[u] - mx));
             const int64_t o = yo * g.Wo + xo;
-            for (int64_t u = 0; u < U; ++u) ap[(bn * U + u) * HoWo + o] = logit[u] / total;
-            for (int64_t d = 0; d < g.hd; ++d) {
-              acc_t acc = 0;
-              for (int64_t u = 0; u < U; ++u) acc += ap[(bn * U + u) * HoWo + o] * acc_t(vp[base + d * HW + pos[u]]);
-              op[bn * g.hd * HoWo + d * HoWo + o] = static_cast<scalar_t>(acc);
+            std::vector<acc_t> acc(g.hd, acc_t(0));
+            for (int64_t u = 0; u < U; ++u) {
+              const acc_t a = logit[u] / total;
+              ap[(bn * U + u) * HoWo + o] = a;
+              const acc_t* vu = &vt[pos[u] * g.hd];
+              for (int64_t d = 0; d < g.hd; ++d) acc[d] += a * vu[d];
             }
+            for (int64_t d = 0; d < g.hd; ++d) op[bn * g.hd * HoWo + d * HoWo + o] = static_cast<scalar_t>(acc[d]);
           }
         }
       }
@@ -133,53 +151,75 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const scalar_t *pp = pe.data_ptr<scalar_t>(), *gp = go.data_ptr<scalar_t>();
     const acc_t* ap = attn.data_ptr<acc_t>();
     acc_t *dqp = dq.data_ptr<acc_t>(), *dkp = dk.data_ptr<acc_t>(), *dvp = dv.data_ptr<acc_t>();
+    const std::vector<acc_t> pe_t = channels_last<scalar_t, acc_t>(pp, g.hd, HW);
     at::parallel_for(0, g.B * g.heads, 1, [&](int64_t first, int64_t last) {
       at::Tensor& mine = dpe_local[at::get_thread_num()];
-      if (!mine.defined()) mine = at::zeros({g.hd, g.H, g.W}, dq.options());
+      if (!mine.defined()) mine = at::zeros({HW, g.hd}, dq.options());  // (pixel, d)
       acc_t* dpp = mine.data_ptr<acc_t>();
-      std::vector<acc_t> dlogit(U), qc(g.hd), gc(g.hd);
+      std::vector<acc_t> dlogit(U), gc(g.hd);
       std::vector<int64_t> pos(U);
+      std::vector<acc_t> dqt(HW * g.hd), dkt(HW * g.hd), dvt(HW * g.hd);
       for (int64_t bn = first; bn < last; ++bn) {
         const int64_t base = bn * g.hd * HW;
+        const auto qt = channels_last<scalar_t, acc_t>(qp + base, g.hd, HW);
+        const auto kt = channels_last<scalar_t, acc_t>(kp + base, g.hd, HW);
+        const auto vt = channels_last<scalar_t, acc_t>(vp + base, g.hd, HW);
+        std::fill(dqt.begin(), dqt.end(), acc_t(0));
+        std::fill(dkt.begin(), dkt.end(), acc_t(0));
+        std::fill(dvt.begin(), dvt.end(), acc_t(0));
         for (int64_t yo = 0; yo < g.Ho; ++yo) {
           for (int64_t xo = 0; xo < g.Wo; ++xo) {
             const int64_t yc = yo * g.stride, xc = xo * g.stride, centre = yc * g.W + xc, o = yo * g.Wo + xo;
-            for (int64_t d = 0; d < g.hd; ++d) {
-              qc[d] = acc_t(qp[base + d * HW + centre]) * acc_t(scale);
-              gc[d] = acc_t(gp[bn * g.hd * HoWo + d * HoWo + o]);
-            }
+            const acc_t* qc = &qt[centre * g.hd];
+            const acc_t* pc = &pe_t[centre * g.hd];
+            for (int64_t d = 0; d < g.hd; ++d) gc[d] = acc_t(gp[bn * g.hd * HoWo + d * HoWo + o]);
             acc_t row = 0;  // sum_u a_u dA_u
             for (int64_t u = 0; u < U; ++u) {
               pos[u] = reflect(yc + u / g.window - g.window / 2, g.H) * g.W +
                        reflect(xc + u % g.window - g.window / 2, g.W);
               const acc_t a = ap[(bn * U + u) * HoWo + o];
+              const acc_t* vu = &vt[pos[u] * g.hd];
+              acc_t* dvu = &dvt[pos[u] * g.hd];
               acc_t dA = 0;
               for (int64_t d = 0; d < g.hd; ++d) {
-                dA += gc[d] * acc_t(vp[base + d * HW + pos[u]]);
-                dvp[base + d * HW + pos[u]] += a * gc[d];
+                dA += gc[d] * vu[d];
+                dvu[d] += a * gc[d];
               }
               dlogit[u] = dA;
               row += a * dA;
             }
+            acc_t* dqc = &dqt[centre * g.hd];
+            acc_t* dpc = &dpp[centre * g.hd];
             for (int64_t u = 0; u < U; ++u) {
-              const acc_t dl = ap[(bn * U + u) * HoWo + o] * (dlogit[u] - row);
+              const acc_t dl = ap[(bn * U + u) * HoWo + o] * (dlogit[u] - row) * acc_t(scale);
+              const acc_t* ku = &kt[pos[u] * g.hd];
+              const acc_t* pu = &pe_t[pos[u] * g.hd];
+              acc_t* dku = &dkt[pos[u] * g.hd];
+              acc_t* dpu = &dpp[pos[u] * g.hd];
               for (int64_t d = 0; d < g.hd; ++d) {
-                const acc_t term = acc_t(kp[base + d * HW + pos[u]]) + acc_t(pp[d * HW + centre]) -
-                                   acc_t(pp[d * HW + pos[u]]);
-                dqp[base + d * HW + centre] += dl * term * acc_t(scale);
-                dkp[base + d * HW + pos[u]] += dl * qc[d];
-                dpp[d * HW + centre] += dl * qc[d];
-                dpp[d * HW + pos[u]] -= dl * qc[d];
+                dqc[d] += dl * (ku[d] + pc[d] - pu[d]);
+                const acc_t qd = dl * qc[d];
+                dku[d] += qd;
+                dpc[d] += qd;
+                dpu[d] -= qd;
               }
             }
+          }
+        }
+        for (int64_t d = 0; d < g.hd; ++d) {
+          for (int64_t i = 0; i < HW; ++i) {
+            dqp[base + d * HW + i] = dqt[i * g.hd + d];
+            dkp[base + d * HW + i] = dkt[i * g.hd + d];
+            dvp[base + d * HW + i] = dvt[i * g.hd + d];
           }
         }
       }
     });
   });
-  at::Tensor dpe = at::zeros({g.hd, g.H, g.W}, dq.options());
+  at::Tensor dpe = at::zeros({HW, g.hd}, dq.options());
   for (auto& t : dpe_local)
     if (t.defined()) dpe.add_(t);
+  dpe = dpe.t().reshape({g.hd, g.H, g.W});
   const auto dt = q.scalar_type();
   return {dq.to(dt), dk.to(dt), dv.to(dt), dpe.to(dt)};
 }
