@@ -156,3 +156,16 @@ def test_op_errors(change, match):
     change(args)
     with pytest.raises(ValueError, match=match):
         acmix_window_attention(**args)
+
+
+@pytest.mark.parametrize("stride,in_planes", [(1, 64), (2, 32)])
+def test_bottleneck_shapes_and_training_step(stride, in_planes):
+    from translution_ext.nn import ACmixBottleneck
+
+    torch.manual_seed(0)
+    block = ACmixBottleneck(in_planes, 16, stride=stride, head=4)
+    x = torch.randn(2, in_planes, 10, 10)
+    y = block(x)
+    assert y.shape == (2, 64, 10 // stride, 10 // stride)
+    y.square().mean().backward()
+    assert all(p.grad is not None for p in block.parameters())

@@ -1,5 +1,6 @@
 """Modules: Translution, α-Translution, the ordinary attention of hybrid models, ACmix, X-volution."""
 from .acmix import ACmix
+from .acmix_bottleneck import ACmixBottleneck
 from .alpha_translution import AlphaTranslution
 from .attention import Attention, RotaryEmbedding2D
 from .functional import BACKENDS
@@ -10,6 +11,7 @@ from .xvolution import XVolution
 
 __all__ = [
     "ACmix",
+    "ACmixBottleneck",
     "AlphaTranslution",
     "Attention",
     "BACKENDS",
