@@ -169,3 +169,54 @@ def test_bottleneck_shapes_and_training_step(stride, in_planes):
     assert y.shape == (2, 64, 10 // stride, 10 // stride)
     y.square().mean().backward()
     assert all(p.grad is not None for p in block.parameters())
+
+
+def spec_swin_acmix(block, x, shift):
+    """The Swin form from acmix.md, window by window with explicit loops (fp64, small)."""
+    from translution_ext.nn.acmix_window import ACmixWindowAttention  # noqa: F401
+
+    b, h, w, c = x.shape
+    m, nh = block.window_size, block.num_heads
+    hd = c // nh
+    qkv = F.linear(x, block.qkv.weight, block.qkv.bias)
+    # conv path: fc over the (t·Nh + n) axis per slice d, then the grouped 3x3 conv
+    z = qkv.reshape(b, h * w, 3 * nh, hd)
+    f = torch.einsum("ot,bstd->bdos", block.fc.weight[:, :, 0, 0], z) + block.fc.bias[None, None, :, None]
+    out_conv = F.conv2d(f.reshape(b, hd * 9, h, w), block.dep_conv.weight, None, 1, 1, 1, hd).permute(0, 2, 3, 1)
+    region = lambda i, n: 0 if i < n - m else (1 if i < n - shift else 2)  # noqa: E731
+    out = torch.zeros(b, h, w, c, dtype=x.dtype)
+    for wy in range(0, h, m):
+        for wx in range(0, w, m):
+            toks = [(wy + i // m, wx + i % m) for i in range(m * m)]
+            t = torch.stack([qkv[:, y, xx] for y, xx in toks], 1).view(b, m * m, 3, nh, hd)
+            q, k, v = t[:, :, 0] * hd ** -0.5, t[:, :, 1], t[:, :, 2]
+            logits = torch.einsum("bind,bjnd->bnij", q, k)
+            for i, (yi, xi) in enumerate(toks):
+                for j, (yj, xj) in enumerate(toks):
+                    r = (yi - yj + m - 1) * (2 * m - 1) + (xi - xj + m - 1)
+                    logits[:, :, i, j] += block.relative_position_bias_table[r]
+                    if shift and (region(yi, h), region(xi, w)) != (region(yj, h), region(xj, w)):
+                        logits[:, :, i, j] -= 100.0
+            o = torch.einsum("bnij,bjnd->bind", logits.softmax(-1), v).reshape(b, m * m, c)
+            o = F.linear(o, block.proj.weight, block.proj.bias)
+            for i, (y, xx) in enumerate(toks):
+                out[:, y, xx] = o[:, i]
+    return block.rate1 * out + block.rate2 * out_conv
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_swin_form_matches_spec(shift):
+    from translution_ext.nn import ACmixWindowAttention, shifted_window_mask
+
+    torch.manual_seed(0)
+    block = ACmixWindowAttention(12, 4, 3).double()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.randn(2, 8, 8, 12, dtype=torch.float64)
+    mask = shifted_window_mask(8, 8, 4, shift).double() if shift else None
+    torch.testing.assert_close(block(x, mask), spec_swin_acmix(block, x, shift), atol=1e-10, rtol=1e-9)
+    # The reference's state dict names load unchanged.
+    other = ACmixWindowAttention(12, 4, 3).double()
+    other.load_state_dict(block.state_dict())
+    assert "relative_position_index" in block.state_dict()

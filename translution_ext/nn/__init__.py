@@ -1,6 +1,7 @@
 """Modules: Translution, α-Translution, the ordinary attention of hybrid models, ACmix, X-volution."""
 from .acmix import ACmix
 from .acmix_bottleneck import ACmixBottleneck
+from .acmix_window import ACmixWindowAttention, shifted_window_mask
 from .alpha_translution import AlphaTranslution
 from .attention import Attention, RotaryEmbedding2D
 from .functional import BACKENDS
@@ -12,6 +13,7 @@ from .xvolution import XVolution
 __all__ = [
     "ACmix",
     "ACmixBottleneck",
+    "ACmixWindowAttention",
     "AlphaTranslution",
     "Attention",
     "BACKENDS",
@@ -21,4 +23,5 @@ __all__ = [
     "Translution",
     "VARIANTS",
     "XVolution",
+    "shifted_window_mask",
 ]
