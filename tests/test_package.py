@@ -64,3 +64,16 @@ def test_missing_library_falls_back_with_one_warning(tmp_path):
     assert len(result["warnings"]) == 1
     assert "no compiled library" in result["warnings"][0]
     assert result["shape"] == [2, 4, 4, 5]
+
+
+def test_info_command_reports_backends():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "translution_ext", "info", "--device", "cpu"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "native kernels by op:" in out and "relative_offset_projection" in out
+    assert "Translution / AlphaTranslution backends on cpu" in out and "reference  can run" in out
+    cuda = subprocess.run([sys.executable, "-m", "translution_ext", "info", "--device", "cuda"], capture_output=True,
+                          text=True, check=True).stdout
+    assert ("fused      can run" in cuda) or ("fused      cannot run: " in cuda)

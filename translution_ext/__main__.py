@@ -1,0 +1,52 @@
+"""Command line: ``python -m translution_ext info``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+import torch
+
+from . import __version__, _native
+from .nn.functional import BACKENDS, _why_not
+
+OPS = {
+    "relative_offset_projection": _native.NATIVE_DEVICE_TYPES,
+    "translution_attention (fused)": _native.FUSED_DEVICE_TYPES,
+    "acmix_window_attention": _native.ACMIX_DEVICE_TYPES,
+    "pixel_shift_products (X-volution T(X))": _native.PIXEL_SHIFT_DEVICE_TYPES,
+}
+
+
+def info(device: str) -> str:
+    """What was compiled, and which Translution backends can run on ``device`` (and why not)."""
+    b = _native.build_info()
+    lines = [f"translution_ext {__version__}, torch {torch.__version__}",
+             f"native library: {'loaded' if b['native'] else 'not loaded: ' + str(b['load_error'])}"]
+    if b["native"]:
+        lines.append(f"built against torch {b['torch_version']}; CPU kernels: {b['cpu']}; CUDA kernels: {b['cuda']}"
+                     + (f" (CUDA {b['cuda_version']}, archs {b['cuda_archs']})" if b["cuda"] else ""))
+    lines.append(f"CUDA device available: {torch.cuda.is_available()}")
+    lines.append("native kernels by op:")
+    for op, devices in OPS.items():
+        lines.append(f"  {op:42} {', '.join(sorted(devices)) or 'none (pure-PyTorch reference)'}")
+    lines.append(f"Translution / AlphaTranslution backends on {device} (auto takes the first that can run):")
+    for backend in BACKENDS[1:]:
+        reason = _why_not(backend, torch.device(device), dropout_active=False)
+        lines.append(f"  {backend:10} {'can run' if reason is None else 'cannot run: ' + reason}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m translution_ext", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    info_cmd = commands.add_parser("info", help="what was compiled and which backends can run here")
+    info_cmd.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                          choices=["cpu", "cuda"])
+    args = parser.parse_args(argv)
+    print(info(args.device))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
