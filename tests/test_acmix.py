@@ -85,6 +85,10 @@ def test_errors():
         ACmix(8, 8)(torch.randn(1, 3, 9, 9))
     with pytest.raises(ValueError, match="must exceed kernel_att // 2 = 3"):
         ACmix(8, 8)(torch.randn(1, 8, 3, 9))
+    with pytest.raises(ValueError, match="kernel_att must be a positive odd int, got 6"):
+        ACmix(8, 8, kernel_att=6)
+    with pytest.raises(ValueError, match="stride must be 1 or 2, got 3"):
+        ACmix(8, 8, stride=3)
     sd = random_official(4, 8, 4, 7, 3)
     del sd["fc.weight"]
     with pytest.raises(ValueError, match=r"missing keys: \['fc.weight'\]"):
@@ -173,8 +177,6 @@ def test_bottleneck_shapes_and_training_step(stride, in_planes):
 
 def spec_swin_acmix(block, x, shift):
     """The Swin form from acmix.md, window by window with explicit loops (fp64, small)."""
-    from translution_ext.nn.acmix_window import ACmixWindowAttention  # noqa: F401
-
     b, h, w, c = x.shape
     m, nh = block.window_size, block.num_heads
     hd = c // nh
@@ -220,3 +222,15 @@ def test_swin_form_matches_spec(shift):
     other = ACmixWindowAttention(12, 4, 3).double()
     other.load_state_dict(block.state_dict())
     assert "relative_position_index" in block.state_dict()
+
+
+def test_swin_form_errors():
+    from translution_ext.nn import ACmixWindowAttention
+
+    with pytest.raises(ValueError, match="dim must be divisible by num_heads = 5"):
+        ACmixWindowAttention(12, 4, 5)
+    block = ACmixWindowAttention(12, 4, 3)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, H, W, 12\) with H and W multiples of window_size = 4"):
+        block(torch.randn(1, 6, 8, 12))
+    with pytest.raises(ValueError, match=r"x must have shape \(B, H, W, 12\)"):
+        block(torch.randn(1, 8, 8, 10))

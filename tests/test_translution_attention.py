@@ -202,3 +202,9 @@ def test_mixed_roles_with_their_own_sources(layout, size):
     ref.backward(grad)
     for name in kw:
         torch.testing.assert_close(a[name].grad, b[name].grad, atol=1e-12, rtol=1e-10, msg=name)
+
+
+def test_table_without_source_or_x():
+    x, kw = inputs("1d", 5, "k")
+    with pytest.raises(ValueError, match="k_table needs k_source or x"):
+        translution_attention(**kw)

@@ -8,7 +8,7 @@ from typing import List, Optional
 import torch
 
 from . import __version__, _native
-from .nn.functional import BACKENDS, _why_not
+from .nn.functional import BACKENDS, backend_unavailable_reason
 
 OPS = {
     "relative_offset_projection": _native.NATIVE_DEVICE_TYPES,
@@ -32,7 +32,7 @@ def info(device: str) -> str:
         lines.append(f"  {op:42} {', '.join(sorted(devices)) or 'none (pure-PyTorch reference)'}")
     lines.append(f"Translution / AlphaTranslution backends on {device} (auto takes the first that can run):")
     for backend in BACKENDS[1:]:
-        reason = _why_not(backend, torch.device(device), dropout_active=False)
+        reason = backend_unavailable_reason(backend, torch.device(device), dropout_active=False)
         lines.append(f"  {backend:10} {'can run' if reason is None else 'cannot run: ' + reason}")
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from . import _native
+from ._autocast import autocast_inputs
 
 
 def acmix_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pe: torch.Tensor, heads: int,
@@ -22,16 +23,14 @@ def acmix_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pe
     Returns:
         (B, C, ceil(H / s), ceil(W / s)); differentiable in q, k, v and pe.
     """
-    if torch.is_autocast_enabled(q.device.type):
-        dtype = torch.get_autocast_dtype(q.device.type)
-        q, k, v, pe = (t.to(dtype) for t in (q, k, v, pe))
+    q, k, v, pe = autocast_inputs(q.device.type, q, k, v, pe)
     if q.device.type not in _native.ACMIX_DEVICE_TYPES:
         from .nn.acmix import window_attention_reference
 
         return window_attention_reference(q, k, v, pe if pe.dim() == 4 else pe[None], heads, window, stride)
-    hd = q.shape[1] // heads if q.dim() == 4 and heads > 0 else 1
+    scale = (q.shape[1] // heads) ** -0.5 if heads > 0 else 1.0  # the kernel checks heads | C
     out, _ = torch.ops.translution_ext.acmix_window_attention(
-        q, k, v, pe[0] if pe.dim() == 4 else pe, heads, window, stride, hd ** -0.5)
+        q, k, v, pe[0] if pe.dim() == 4 else pe, heads, window, stride, scale)
     return out
 
 

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from . import _native
+from ._autocast import autocast_inputs
 from .reference import relative_offset_projection_by_class
 
 _OP = "translution_attention: "
@@ -94,9 +95,7 @@ def translution_attention(
     ref = next((t for t in tensors if t is not None), None)
     if ref is None:
         raise ValueError(f"{_OP}no role is given")
-    if torch.is_autocast_enabled(ref.device.type):
-        dtype = torch.get_autocast_dtype(ref.device.type)
-        tensors = [None if t is None else t.to(dtype) for t in tensors]
+    tensors = autocast_inputs(ref.device.type, *tensors)
     if ref.device.type not in _native.FUSED_DEVICE_TYPES:
         parts = [(tensors[r], tensors[3 + r], tensors[6 + r]) for r in range(3)]
         return _unfused(parts, key_index, query_index, heads, float(scale), causal)

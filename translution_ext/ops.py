@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from . import _native
+from ._autocast import autocast_inputs
 from .reference import relative_offset_projection_by_class
 
 __all__ = ["relative_offset_projection", "translution_attention"]
@@ -94,10 +95,8 @@ def relative_offset_projection(
         (B, Nq, Nk, D).  Differentiable in x and weight.  The (Nq, Nk, C, D)
         gathered weight tensor is never built.
     """
-    if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
-        # Under autocast the op runs in the autocast dtype, like a matmul would.
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
+    if x.is_floating_point():
+        x, weight = autocast_inputs(x.device.type, x, weight)
     if x.device.type in _native.NATIVE_DEVICE_TYPES:
         return torch.ops.translution_ext.relative_offset_projection(x, weight, index, side)
     _check_args(x, weight, index, side)

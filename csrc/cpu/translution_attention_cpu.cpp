@@ -41,8 +41,12 @@ Operands to_opmath(const AttentionInputs& in, at::ScalarType op) {
   auto conv = [op](const std::optional<at::Tensor>& t) { return t ? t->to(op).contiguous() : at::Tensor(); };
   for (int r = 0; r < 3; ++r) {
     o.shared[r] = conv(in.shared[r]);
-    o.source[r] = conv(in.source[r]);
     o.table[r] = conv(in.table[r]);
+    // Translution passes the same x as every role's source: convert it once.
+    for (int earlier = 0; earlier < r && !o.source[r].defined(); ++earlier)
+      if (in.source[r] && in.source[earlier] && in.source[r]->is_same(*in.source[earlier]))
+        o.source[r] = o.source[earlier];
+    if (!o.source[r].defined()) o.source[r] = conv(in.source[r]);
   }
   return o;
 }

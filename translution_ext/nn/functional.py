@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import _native, ops, reference
+from .._autocast import autocast_inputs
 
 BACKENDS = ("auto", "fused", "native", "reference")
 
 
-def _why_not(backend: str, device: torch.device, dropout_active: bool) -> Optional[str]:
+def backend_unavailable_reason(backend: str, device: torch.device, dropout_active: bool) -> Optional[str]:
     """None when ``backend`` can run here, else the reason."""
     if backend == "reference":
         return None
@@ -41,8 +42,8 @@ def resolve_backend(backend: str, device: torch.device, dropout_active: bool = F
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if backend == "auto":
-        return next(b for b in BACKENDS[1:] if _why_not(b, device, dropout_active) is None)
-    reason = _why_not(backend, device, dropout_active)
+        return next(b for b in BACKENDS[1:] if backend_unavailable_reason(b, device, dropout_active) is None)
+    reason = backend_unavailable_reason(backend, device, dropout_active)
     if reason is not None:
         raise RuntimeError(f"backend={backend!r} cannot run: {reason}; use backend='auto' or 'reference'")
     return backend
@@ -53,9 +54,7 @@ def project_relative(x: torch.Tensor, table: torch.Tensor, index: torch.Tensor, 
     """(B, N, C) x (R, C, D) -> (B, N, N, D) with the given resolved backend."""
     if backend == "native":
         return ops.relative_offset_projection(x, table, index, side)
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, table = x.to(dtype), table.to(dtype)
+    x, table = autocast_inputs(x.device.type, x, table)
     return reference.relative_offset_projection_by_class(x, table, index, side)
 
 

@@ -32,7 +32,6 @@ def new_table(rows: int, fan_in: int, fan_out: int) -> nn.Parameter:
 
 
 class RelativeBlock(nn.Module):
-
     """Base of :class:`Translution` and :class:`AlphaTranslution`.
 
     Holds the pre-norm, the layout with its (non-persistent) full-size index
