@@ -5,61 +5,15 @@ import datetime
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
-import time
-from typing import Callable, List
+from typing import List
 
 import torch
 
+from translution_ext.profiler.measure import PeakMemory, device_name, timed  # noqa: F401 (re-exported)
+
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-def timed(fn: Callable[[], object], device: str, repeat: int) -> float:
-    """Best wall time of ``repeat`` calls after one warm-up call."""
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-class PeakMemory:
-    """Peak memory growth from construction: CUDA max_memory_allocated, CPU peak RSS."""
-
-    def __init__(self, device: str):
-        self.device = device
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.base = self._rss()
-
-    @staticmethod
-    def _rss() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def extra_mb(self) -> float:
-        peak = torch.cuda.max_memory_allocated() if self.device == "cuda" else self._rss()
-        return (peak - self.base) / 2**20
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def run_worker(script: str, args: List[str]) -> dict:

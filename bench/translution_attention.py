@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (PeakMemory, add_common_args, device_name, parse_common_args, run_worker, timed,  # noqa: E402
                      write_results)
-from translution_layer import project_einsum, reference_block  # noqa: E402
+from translution_ext.profiler.baselines import project_einsum, reference_translution  # noqa: E402
 
 MEMORY_LENGTHS = (64, 128, 256, 512, 1024)
 SPEED_CASES = {"vit_tiny": dict(grid=(14, 14), dim=192, heads=3), "vit_base": dict(grid=(14, 14), dim=768, heads=12)}
@@ -67,7 +67,7 @@ def worker(args) -> dict:
         return dict(impl="gemm", n=n, fwd_bwd_s=t, gflops=3 * 2 * b * n * n * dim * dim / t / 1e9)
     rows = min(args.rows or n, n)
     g = torch.randn(b, rows, dim, device=dev, dtype=dtype)
-    run = (lambda: block(x)) if args.impl != "reference" else (lambda: reference_block(block, x, rows, project_einsum))
+    run = (lambda: block(x)) if args.impl != "reference" else (lambda: reference_translution(block, x, rows, project_einsum))
 
     def step():
         run().backward(g)

@@ -36,39 +36,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (PeakMemory, add_common_args, device_name, parse_common_args, run_worker, timed,
                      write_results)  # noqa: E402
+from translution_ext.profiler.baselines import project_einsum, project_matmul, reference_translution  # noqa: E402
 
 CASES = {"vit_tiny_14x14_cls": (14, 14), "grid_7x7_cls": (7, 7)}
 IMPLS = ("ours", "reference", "reference_einsum", "gemm", "attention")
 REFERENCES = ("reference", "reference_einsum")
 DIM, HEADS, DIM_HEAD = 192, 3, 64
-
-
-def project_matmul(tokens: torch.Tensor, gathered: torch.Tensor, query_side: bool) -> torch.Tensor:
-    """The reference code's projection: (B, N, C) x (rows, N, C, D) by broadcast matmul."""
-    if query_side:  # q_ij reads x_i: put token i where the matmul pairs it with row i
-        tokens = tokens[:, : gathered.shape[0]]
-        return torch.matmul(tokens[:, :, None, None, :], gathered[None]).squeeze(3)
-    return torch.matmul(tokens[:, None, :, None, :], gathered[None]).squeeze(3)
-
-
-def project_einsum(tokens: torch.Tensor, gathered: torch.Tensor, query_side: bool) -> torch.Tensor:
-    if query_side:
-        return torch.einsum("bic,ijcd->bijd", tokens[:, : gathered.shape[0]], gathered)
-    return torch.einsum("bjc,ijcd->bijd", tokens, gathered)
-
-
-def reference_block(block, x: torch.Tensor, rows: int, project) -> torch.Tensor:
-    """The reference approach on the first ``rows`` query tokens; x: (B, N, C) -> (B, rows, C)."""
-    key, query = block.key_index[:rows], block.query_index[:rows]
-    h = block.norm(x)
-    q = project(h, block.q_table[query], True)  # gathered weights (rows, N, C, D)
-    k = project(h, block.k_table[key], False)
-    v = project(h, block.v_table[key], False)
-    heads = lambda t: t.unflatten(-1, (HEADS, DIM_HEAD))  # noqa: E731
-    dots = (heads(q) * heads(k)).sum(-1) * DIM_HEAD ** -0.5  # (B, rows, N, H)
-    attn = dots.softmax(dim=2)
-    out = (attn[..., None] * heads(v)).sum(2).flatten(-2)
-    return block.out_proj(out)
 
 
 def worker(args) -> dict:
@@ -86,7 +59,7 @@ def worker(args) -> dict:
         out_rows = n if args.impl == "ours" else rows
         g = torch.randn(b, out_rows, DIM, device=dev, dtype=dtype)
         project = project_matmul if args.impl == "reference" else project_einsum
-        run = (lambda: block(x)) if args.impl == "ours" else (lambda: reference_block(block, x, rows, project))
+        run = (lambda: block(x)) if args.impl == "ours" else (lambda: reference_translution(block, x, rows, project))
     elif args.impl == "attention":
         block = Attention(DIM, HEADS, DIM_HEAD).to(dev, dtype)
         g = torch.randn(b, n, DIM, device=dev, dtype=dtype)

@@ -1,4 +1,9 @@
-"""Command line: ``python -m translution_ext info``."""
+"""Command line (also the console script ``translution-ext``)::
+
+    python -m translution_ext demo [--quick]      # the Dynamic-MNIST experiment
+    python -m translution_ext bench OP [...]      # time / GFLOP/s / memory vs same-run baselines
+    python -m translution_ext info [--device D]   # what was compiled, which backends run here
+"""
 from __future__ import annotations
 
 import argparse
@@ -38,12 +43,24 @@ def info(device: str) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m translution_ext", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m translution_ext", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     info_cmd = commands.add_parser("info", help="what was compiled and which backends can run here")
     info_cmd.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                           choices=["cpu", "cuda"])
+    from . import demo
+    from .profiler import cli as bench
+
+    demo.add_arguments(commands.add_parser("demo", help="the Dynamic-MNIST experiment (needs the [demo] extra)",
+                                           description=demo.DESCRIPTION))
+    bench.add_arguments(commands.add_parser("bench", help="profile an op against its same-run baselines",
+                                            description=bench.__doc__))
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo.run(args)
+    if args.command == "bench":
+        return bench.run(args)
     print(info(args.device))
     return 0
 

@@ -40,6 +40,20 @@ struct Geometry {
   int64_t B, C, H, W, heads, hd, window, stride, Ho, Wo;
 };
 
+// Pixel index of every window position of every output pixel: (Ho*Wo, window²).  Computed
+// once per call so the inner loops do no reflection arithmetic or integer division.
+std::vector<int64_t> window_positions(const Geometry& g) {
+  const int64_t U = g.window * g.window, half = g.window / 2;
+  std::vector<int64_t> pos(g.Ho * g.Wo * U);
+  for (int64_t yo = 0; yo < g.Ho; ++yo)
+    for (int64_t xo = 0; xo < g.Wo; ++xo)
+      for (int64_t du = 0; du < g.window; ++du)
+        for (int64_t dv = 0; dv < g.window; ++dv)
+          pos[(yo * g.Wo + xo) * U + du * g.window + dv] =
+              reflect(yo * g.stride + du - half, g.H) * g.W + reflect(xo * g.stride + dv - half, g.W);
+  return pos;
+}
+
 Geometry check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pe, int64_t heads,
                int64_t window, int64_t stride) {
   TORCH_CHECK_VALUE(q.dim() == 4, kOp, "q must be a 4-D tensor (B, C, H, W), got shape ", shape_str(q));
@@ -82,9 +96,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q_in, const at:
     scalar_t* op = out.data_ptr<scalar_t>();
     acc_t* ap = attn.data_ptr<acc_t>();
     const std::vector<acc_t> pe_t = channels_last<scalar_t, acc_t>(pp, g.hd, HW);
+    const std::vector<int64_t> positions = window_positions(g);
     at::parallel_for(0, g.B * g.heads, 1, [&](int64_t first, int64_t last) {
-      std::vector<acc_t> logit(U);
-      std::vector<int64_t> pos(U);
+      std::vector<acc_t> logit(U), acc(g.hd);
       for (int64_t bn = first; bn < last; ++bn) {
         const int64_t base = bn * g.hd * HW;  // channel n*hd of batch b: (b*C + n*hd) * HW
         // This head's maps as (pixel, d): the inner products below then read contiguous rows.
@@ -99,10 +113,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q_in, const at:
             acc_t peq = 0;  // sum_d q_d * pe[c, d]: the same for every u
             for (int64_t d = 0; d < g.hd; ++d) peq += qc[d] * pc[d];
             acc_t mx = -std::numeric_limits<acc_t>::infinity();
+            const int64_t o = yo * g.Wo + xo;
+            const int64_t* pos = &positions[o * U];
             for (int64_t u = 0; u < U; ++u) {
-              const int64_t yy = reflect(yc + u / g.window - g.window / 2, g.H);
-              const int64_t xx = reflect(xc + u % g.window - g.window / 2, g.W);
-              pos[u] = yy * g.W + xx;
               const acc_t* ku = &kt[pos[u] * g.hd];
               const acc_t* pu = &pe_t[pos[u] * g.hd];
               acc_t s = 0;
@@ -112,8 +125,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q_in, const at:
             }
             acc_t total = 0;
             for (int64_t u = 0; u < U; ++u) total += (logit[u] = std::exp(logit[u] - mx));
-            const int64_t o = yo * g.Wo + xo;
-            std::vector<acc_t> acc(g.hd, acc_t(0));
+            std::fill(acc.begin(), acc.end(), acc_t(0));
             for (int64_t u = 0; u < U; ++u) {
               const acc_t a = logit[u] / total;
               ap[(bn * U + u) * HoWo + o] = a;
@@ -152,12 +164,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const acc_t* ap = attn.data_ptr<acc_t>();
     acc_t *dqp = dq.data_ptr<acc_t>(), *dkp = dk.data_ptr<acc_t>(), *dvp = dv.data_ptr<acc_t>();
     const std::vector<acc_t> pe_t = channels_last<scalar_t, acc_t>(pp, g.hd, HW);
+    const std::vector<int64_t> positions = window_positions(g);
     at::parallel_for(0, g.B * g.heads, 1, [&](int64_t first, int64_t last) {
       at::Tensor& mine = dpe_local[at::get_thread_num()];
       if (!mine.defined()) mine = at::zeros({HW, g.hd}, dq.options());  // (pixel, d)
       acc_t* dpp = mine.data_ptr<acc_t>();
       std::vector<acc_t> dlogit(U), gc(g.hd);
-      std::vector<int64_t> pos(U);
       std::vector<acc_t> dqt(HW * g.hd), dkt(HW * g.hd), dvt(HW * g.hd);
       for (int64_t bn = first; bn < last; ++bn) {
         const int64_t base = bn * g.hd * HW;
@@ -174,9 +186,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
             const acc_t* pc = &pe_t[centre * g.hd];
             for (int64_t d = 0; d < g.hd; ++d) gc[d] = acc_t(gp[bn * g.hd * HoWo + d * HoWo + o]);
             acc_t row = 0;  // sum_u a_u dA_u
+            const int64_t* pos = &positions[o * U];
             for (int64_t u = 0; u < U; ++u) {
-              pos[u] = reflect(yc + u / g.window - g.window / 2, g.H) * g.W +
-                       reflect(xc + u % g.window - g.window / 2, g.W);
               const acc_t a = ap[(bn * U + u) * HoWo + o];
               const acc_t* vu = &vt[pos[u] * g.hd];
               acc_t* dvu = &dvt[pos[u] * g.hd];

@@ -1,0 +1,91 @@
+"""python -m translution_ext bench: every op and implementation measures, the FLOPs formulas, the CLI."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from translution_ext.__main__ import main
+from translution_ext.profiler import cases, cli
+from translution_ext.profiler.baselines import reference_translution
+
+TINY = dict(batch=2, dim=8, heads=2, repeat=1)
+
+
+@pytest.mark.parametrize("op,impl", [(op, impl) for op, (_, impls) in cases.OPS.items() for impl in impls])
+def test_every_implementation_measures(op, impl):
+    length = 6 if op in ("acmix", "xvolution") else 5
+    r = cli.measure(cases.Setting(op=op, impl=impl, length=length, window=3, **TINY))
+    assert r["seconds"] > 0 and r["gflops"] > 0 and r["tokens"] == (36 if op in ("acmix", "xvolution") else 5)
+
+
+@pytest.mark.parametrize("layout,length,tokens", [("1d", 7, 7), ("causal", 7, 7), ("2d_cls", 3, 10)])
+def test_translution_flops_formula_and_layouts(layout, length, tokens):
+    s = cases.Setting(op="translution", impl="ours", length=length, layout=layout, **TINY)
+    assert cases.tokens(s) == tokens
+    b, n, c = 2, tokens, 8
+    assert cases.translution(s).flops == 3 * (2 * b * n * n * (3 * c * c + 2 * c))
+    kv = dataclasses.replace(s, relative="kv")
+    assert cases.translution(kv).flops == 3 * (2 * b * n * n * (2 * c * c + 2 * c) + 2 * b * n * c * c)
+
+
+def test_relproj_flops_and_gemm_matches_them():
+    s = cases.Setting(op="relproj", impl="gemm", length=6, **TINY)
+    work = cases.relproj(s)
+    assert work.flops == 3 * 2 * 2 * 36 * 8 * 8
+    assert work.scale == 1.0  # small enough to time whole
+
+
+def test_gemm_is_timed_smaller_and_scaled(monkeypatch):
+    monkeypatch.setattr(cases, "GEMM_BYTES", 4096)
+    work = cases.relproj(cases.Setting(op="relproj", impl="gemm", length=64, **TINY))
+    assert work.scale > 1 and work.notes["timed_rows"] * work.scale == pytest.approx(work.notes["full_rows"])
+
+
+@pytest.mark.parametrize("layout", ["1d", "causal", "2d_cls"])
+def test_reference_translution_matches_the_block(layout):
+    from translution_ext.nn import Translution
+
+    torch.manual_seed(0)
+    where = dict(grid=(3, 3)) if layout == "2d_cls" else dict(max_len=7)
+    block = Translution(8, 2, 4, layout=layout, backend="reference", **where).double()
+    x = torch.randn(2, block.layout.max_tokens, 8, dtype=torch.float64)
+    full = block(x)
+    torch.testing.assert_close(reference_translution(block, x, 4), full[:, :4])
+
+
+def test_reference_rows_are_capped_and_scaled():
+    s = cases.Setting(op="translution", impl="reference", length=32, reference_gb=1e-4, **TINY)
+    work = cases.translution(s)
+    assert work.notes["timed_rows"] < 32 and work.scale == pytest.approx(32 / work.notes["timed_rows"])
+
+
+def test_cli_table_json_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    status = main(["bench", "translution", "--lengths", "4", "6", "--batch", "1", "--dim", "8", "--heads", "2",
+                   "--repeat", "1", "--json", str(out), "--plot", str(png)])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "than reference" in printed and "of the gemm roofline" in printed and "SDPA" in printed
+    result = json.loads(out.read_text())
+    assert result["meta"]["op"] == "translution" and "2·B·N²·C·D" in result["meta"]["flops"]
+    got = {(r["length"], r["impl"]) for r in result["results"] if "seconds" in r}
+    assert got == {(n, i) for n in (4, 6) for i in ("ours", "reference", "gemm", "sdpa")}
+    assert all(r["peak_mb"] >= 0 for r in result["results"])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_reports_a_failed_worker(capsys):
+    # acmix needs H, W > window // 2: a failing worker is reported, and the exit status says so.
+    status = main(["bench", "acmix", "--lengths", "2", "--impls", "ours", "--batch", "1", "--dim", "8",
+                   "--heads", "2", "--repeat", "1"])
+    assert status == 1
+    assert "failed:" in capsys.readouterr().out
+
+
+def test_cli_argument_errors():
+    with pytest.raises(SystemExit, match="has no nope"):
+        main(["bench", "relproj", "--impls", "ours", "nope"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            main(["bench", "relproj", "--device", "cuda"])

@@ -1,0 +1,157 @@
+"""The Dynamic-MNIST demo: data placement, the IDX reader, and end-to-end runs."""
+import gzip
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from translution_ext.__main__ import main
+from translution_ext.demo import data, models
+from translution_ext.demo.progress import Progress
+
+
+def write_idx(path, array: np.ndarray, compress: bool = False) -> None:
+    payload = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def fake_mnist(root, n_train=24, n_test=12, seed=0, compress=False):
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(root / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), compress)
+        write_idx(root / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, (n,), dtype=np.uint8), compress)
+
+
+def test_place_puts_each_digit_at_its_corner():
+    images = torch.rand(3, 8, 8)
+    positions = torch.tensor([[0, 0], [16, 3], [8, 8]])
+    canvas = data.place(images, positions, 24)
+    assert canvas.shape == (3, 1, 24, 24)
+    for img, (r, c), out in zip(images, positions.tolist(), canvas):
+        assert torch.equal(out[0, r:r + 8, c:c + 8], img)
+        assert out.sum().item() == pytest.approx(img.sum().item())
+
+
+def test_positions_centre_random_and_patch_aligned():
+    assert data.centre_positions(2, 8, 24).tolist() == [[8, 8], [8, 8]]
+    rand = data.random_positions(500, 8, 24, seed=1)
+    assert rand.min() >= 0 and rand.max() <= 16 and len(rand.unique()) == 17
+    assert torch.equal(rand, data.random_positions(500, 8, 24, seed=1))
+    aligned = data.aligned_positions(500, 28, 84, step=14, seed=2)
+    assert set(aligned.unique().tolist()) == {0, 14, 28, 42, 56}
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_mnist_idx_reader(tmp_path, compress):
+    fake_mnist(tmp_path, compress=compress)
+    digits = data.load_mnist(str(tmp_path))
+    assert digits.train_images.shape == (24, 28, 28) and digits.test_labels.shape == (12,)
+    assert 0.0 <= digits.train_images.min() and digits.train_images.max() <= 1.0
+    raw = data.read_idx(str(tmp_path), "train-labels-idx1-ubyte")
+    assert torch.equal(digits.train_labels, torch.from_numpy(raw.astype(np.int64)))
+    ds = data.build(digits, patch=14, limit_train=10)
+    assert ds.canvas_size == 84 and ds.train[0].shape == (10, 1, 84, 84)
+    # Static and dynamic test sets hold the same digits, moved.
+    assert torch.allclose(ds.test_static[0].sum((1, 2, 3)), ds.test_dynamic[0].sum((1, 2, 3)))
+
+
+def test_mnist_reader_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        data.load_mnist(str(tmp_path))
+    fake_mnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x0d\x01" + struct.pack(">I", 12) + bytes(48))
+    with pytest.raises(ValueError, match="not an unsigned-byte IDX file"):
+        data.load_mnist(str(tmp_path))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(5, dtype=np.uint8))
+    with pytest.raises(ValueError, match="differ in count"):
+        data.load_mnist(str(tmp_path))
+
+
+def test_sklearn_digits_split_is_fixed():
+    a, b = data.load_sklearn_digits(seed=0), data.load_sklearn_digits(seed=0)
+    assert a.digit_size == 8 and len(a.train_labels) + len(a.test_labels) == 1797
+    assert torch.equal(a.test_labels, b.test_labels) and torch.equal(a.train_images, b.train_images)
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_models_classify_canvas_images(name):
+    torch.manual_seed(0)
+    model = models.build_model(name, canvas=24, patch=4)
+    out = model(torch.rand(2, 1, 24, 24))
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    with pytest.raises(ValueError, match="model must be one of"):
+        models.build_model("resnet", 24, 4)
+
+
+def test_progress_prints_a_final_line(capsys):
+    import sys
+
+    with Progress("train", 3, stream=sys.stdout) as bar:
+        for _ in range(3):
+            bar.update(1, loss=0.5)
+    assert "train [" in capsys.readouterr().out
+
+
+def test_demo_end_to_end_on_mnist_files(tmp_path, capsys):
+    """Every model, the table, the JSON, the PNG and the X-volution deployment check."""
+    (tmp_path / "mnist").mkdir()
+    fake_mnist(tmp_path / "mnist", n_train=16, n_test=8)
+    out = tmp_path / "out"
+    status = main(["demo", "--data", "mnist", "--root", str(tmp_path / "mnist"), "--epochs", "1",
+                   "--batch-size", "8", "--out", str(out)])
+    assert status == 0
+    printed = capsys.readouterr().out
+    for name in models.MODEL_NAMES:
+        assert name in printed
+    assert "X-volution re-parameterised" in printed and "-> equal" in printed
+    result = json.loads((out / "results.json").read_text())
+    assert [r["model"] for r in result["results"]] == list(models.MODEL_NAMES)
+    assert result["canvas_size"] == 84 and result["patch_size"] == 14
+    for r in result["results"]:
+        assert 0.0 <= r["acc_static"] <= 1.0 and 0.0 <= r["acc_dynamic"] <= 1.0 and r["params"] > 0
+    deployment = result["xvolution_deployment"]
+    assert deployment["equal"] and deployment["relative_diff"] < 1e-5
+    assert deployment["deployed_latency_ms"] > 0
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_quick_on_sklearn_digits(tmp_path, capsys):
+    status = main(["demo", "--quick", "--limit-train", "64", "--limit-test", "32", "--models", "vit_translution",
+                   "--out", str(tmp_path)])
+    assert status == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["data"].startswith("scikit-learn digits") and result["epochs"] == 2
+    assert result["xvolution_deployment"] is None
+
+
+def test_demo_argument_errors(tmp_path):
+    with pytest.raises(SystemExit, match="--root"):
+        main(["demo", "--data", "mnist", "--out", str(tmp_path)])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            main(["demo", "--device", "cuda", "--out", str(tmp_path)])
+
+
+def test_check_deployment_catches_a_difference(monkeypatch):
+    from translution_ext.demo import experiment as run
+
+    model = models.build_model("cnn_xvolution", canvas=24, patch=4).eval()
+    images = torch.rand(4, 1, 24, 24)
+    assert run.check_deployment(model, images, torch.device("cpu"), 4)["equal"]
+    real = run.reparameterize_model
+
+    def broken(m):
+        deployed = real(m)
+        with torch.no_grad():
+            deployed.head[2].bias.add_(1.0)
+        return deployed
+
+    monkeypatch.setattr(run, "reparameterize_model", broken)
+    assert not run.check_deployment(model, images, torch.device("cpu"), 4)["equal"]

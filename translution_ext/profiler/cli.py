@@ -1,0 +1,185 @@
+"""``python -m translution_ext bench``: time, useful GFLOP/s and peak memory of an op against
+its same-run baselines, over a sweep of lengths; a table, JSON and (``--plot``) a PNG.
+
+Every (length, implementation) runs in its own process so that its peak memory (CPU: peak
+RSS growth; CUDA: max allocated) is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+import subprocess
+import sys
+from typing import Dict, List, Optional
+
+import torch
+
+from .cases import BASELINE, OPS, PASS, ROOFLINE, Setting, describe, tokens
+from .measure import PeakMemory, device_name, timed
+
+DEFAULT_LENGTHS = {"relproj": [64, 128, 256], "translution": [64, 128, 256, 512], "acmix": [14, 28],
+                   "xvolution": [14, 28, 56]}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("op", choices=sorted(OPS), help="what to measure")
+    p.add_argument("--lengths", type=int, nargs="+", default=None,
+                   help="tokens N (1D layouts) or grid/image side (2d_cls, acmix, xvolution); "
+                        "defaults: " + "; ".join(f"{k} {v}" for k, v in DEFAULT_LENGTHS.items()))
+    p.add_argument("--impls", nargs="+", default=None, help="a subset of the op's implementations")
+    p.add_argument("--batch", type=int, default=None, help="8 on CPU, 32 on CUDA by default")
+    p.add_argument("--dim", type=int, default=192, help="C (and D = C)")
+    p.add_argument("--heads", type=int, default=3)
+    p.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"],
+                   help="float32 on CPU, bfloat16 on CUDA by default")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backend", default="auto", choices=["auto", "fused", "native", "reference"],
+                   help="the Translution backend of 'ours'")
+    p.add_argument("--layout", default="1d", choices=["1d", "causal", "2d_cls"],
+                   help="token layout of relproj / translution")
+    p.add_argument("--relative", default="qkv", help="relative roles of translution")
+    p.add_argument("--window", type=int, default=7, help="ACmix attention window")
+    p.add_argument("--reference-gb", type=float, default=4.0,
+                   help="memory the reference approach may take; beyond it, it runs on fewer query rows "
+                        "and its time is scaled to all rows")
+    p.add_argument("--repeat", type=int, default=3, help="timed calls after a warm-up; the best counts")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--plot", default=None, help="write a PNG of time and memory against length here")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+
+
+def measure(setting: Setting) -> dict:
+    """Runs one setting in this process: time of the step (scaled to the full workload) and peak memory."""
+    build, _ = OPS[setting.op]
+    torch.manual_seed(0)
+    memory = PeakMemory(setting.device)
+    work = build(setting)
+    seconds = timed(work.step, setting.device, setting.repeat) * work.scale
+    return dict(op=setting.op, impl=setting.impl, length=setting.length, tokens=tokens(setting), seconds=seconds,
+                gflops=work.flops / seconds / 1e9, peak_mb=memory.extra_mb(), **work.notes)
+
+
+def _in_subprocess(setting: Setting) -> dict:
+    cmd = [sys.executable, "-m", "translution_ext", "bench", setting.op, "--worker",
+           json.dumps(dataclasses.asdict(setting))]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return dict(op=setting.op, impl=setting.impl, length=setting.length, tokens=tokens(setting),
+                    error=lines[-1] if lines else f"exit status {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _fmt(r: dict, ours: Optional[dict]) -> str:
+    if "error" in r:
+        return f"{r['impl']:10} failed: {r['error']}"
+    ratio = f"{r['seconds'] / ours['seconds']:.2f}" if ours and "seconds" in ours else "-"
+    note = (f"timed on {r['timed_rows']} of {r['full_rows']} rows and scaled (memory: at those rows)"
+            if "timed_rows" in r else "")
+    return (f"{r['impl']:10} {r['seconds'] * 1e3:10.2f} {r['gflops']:9.1f} {r['peak_mb']:9.1f} {ratio:>9}  {note}")
+
+
+def _times(ratio: float, more: str, less: str) -> str:
+    return f"{ratio:.1f}x {more}" if ratio >= 1 else f"{1 / ratio:.1f}x {less}"
+
+
+def summary(op: str, by_impl: Dict[str, dict]) -> str:
+    """The same-run ratios of one length: ours vs the baseline, the roofline and SDPA."""
+    ours = by_impl.get("ours")
+    if not ours or "seconds" not in ours:
+        return ""
+    parts = []
+    base = by_impl.get(BASELINE[op])
+    if base and "seconds" in base:
+        memory = (f"{_times(base['peak_mb'] / ours['peak_mb'], 'less', 'more')} peak memory"
+                  if min(base["peak_mb"], ours["peak_mb"]) >= 1 else "peak memory under 1 MB")
+        parts.append(f"{_times(base['seconds'] / ours['seconds'], 'faster', 'slower')} than {BASELINE[op]}, {memory}")
+    roof = by_impl.get(ROOFLINE[op])
+    if roof and "seconds" in roof:
+        parts.append(f"{roof['seconds'] / ours['seconds']:.2f} of the {ROOFLINE[op]} roofline")
+    sdpa = by_impl.get("sdpa")
+    if sdpa and "seconds" in sdpa:
+        parts.append(f"{ours['seconds'] / sdpa['seconds']:.1f}x the time of SDPA")
+    return "ours: " + "; ".join(parts)
+
+
+def write_plot(path: str, op: str, results: List[dict], title: str) -> Optional[str]:
+    """Time and peak memory against tokens, one line per implementation; why not, if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib): no plot written"
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+    for impl in OPS[op][1]:
+        pts = [r for r in results if r["impl"] == impl and "seconds" in r]
+        if pts:
+            xs = [r["tokens"] for r in pts]
+            ax_t.plot(xs, [1e3 * r["seconds"] for r in pts], marker="o", label=impl)
+            whole = [r for r in pts if "timed_rows" not in r]  # memory of a partial run is not comparable
+            ax_m.plot([r["tokens"] for r in whole], [max(r["peak_mb"], 1e-1) for r in whole], marker="o",
+                      label=impl)
+    for ax, label in ((ax_t, "time (ms)"), (ax_m, "peak memory (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_t.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def run(args) -> int:
+    """Measures every (length, implementation), prints the table; returns 1 if any measurement failed."""
+    if args.worker:
+        print(json.dumps(measure(Setting(**json.loads(args.worker)))))
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    impls = args.impls or list(OPS[args.op][1])
+    unknown = sorted(set(impls) - set(OPS[args.op][1]))
+    if unknown:
+        raise SystemExit(f"--impls: {args.op} has no {', '.join(unknown)}; choose from {', '.join(OPS[args.op][1])}")
+    base = Setting(op=args.op, impl="", length=0, batch=args.batch or (8 if args.device == "cpu" else 32),
+                   dim=args.dim, heads=args.heads, dtype=args.dtype or ("float32" if args.device == "cpu" else "bfloat16"),
+                   device=args.device, backend=args.backend, layout=args.layout, relative=args.relative,
+                   window=args.window, reference_gb=args.reference_gb, repeat=args.repeat)
+    title = (f"{args.op} {PASS[args.op]}, {base.device} ({device_name(base.device)}), {base.dtype}, B={base.batch}, "
+             f"C={base.dim}, {base.heads} heads" + (f", layout {base.layout}" if args.op in ("relproj", "translution")
+                                                   else ""))
+    print(title)
+    print(describe(args.op))
+    print("GFLOP/s counts the FLOPs above; 'vs ours' is the time ratio")
+    print(f"{'impl':10} {'ms':>10} {'GFLOP/s':>9} {'peak MB':>9} {'vs ours':>9}")
+    results = []
+    for length in args.lengths or DEFAULT_LENGTHS[args.op]:
+        print(f"-- length {length} ({tokens(dataclasses.replace(base, length=length))} tokens)")
+        by_impl = {}
+        for impl in impls:
+            by_impl[impl] = r = _in_subprocess(dataclasses.replace(base, impl=impl, length=length))
+            results.append(r)
+            print(_fmt(r, by_impl.get("ours")), flush=True)
+        line = summary(args.op, by_impl)
+        if line:
+            print(line)
+    meta = dict(op=args.op, setting={k: v for k, v in dataclasses.asdict(base).items() if k not in ("impl", "length")},
+                flops=describe(args.op), device=device_name(base.device), torch=torch.__version__,
+                python=platform.python_version(),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(meta=meta, results=results), f, indent=2)
+        print(f"wrote {args.json}")
+    if args.plot:
+        why_not = write_plot(args.plot, args.op, results, title)
+        print(why_not or f"wrote {args.plot}")
+    return 1 if any("error" in r for r in results) else 0

@@ -1,0 +1,63 @@
+"""Timing and peak-memory measurement shared by the bench CLI, the demo and bench/ scripts."""
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from typing import Callable
+
+import torch
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: str, repeat: int) -> float:
+    """Best wall time in seconds of ``repeat`` calls after one warm-up call."""
+    fn()
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+class PeakMemory:
+    """Peak memory growth from construction: CUDA max_memory_allocated, CPU peak RSS.
+
+    The CPU figure is the process's peak resident set, which never goes down, so each
+    measurement needs its own process (the bench CLI and bench/ scripts run workers).
+    """
+
+    def __init__(self, device: str):
+        self.device = device
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self._rss()
+
+    @staticmethod
+    def _rss() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def extra_mb(self) -> float:
+        peak = torch.cuda.max_memory_allocated() if self.device == "cuda" else self._rss()
+        return (peak - self.base) / 2**20
+
+
+def device_name(device: str) -> str:
+    """The GPU's name, or the CPU model and the number of threads torch uses."""
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {torch.get_num_threads()} threads"
