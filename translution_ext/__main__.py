@@ -43,6 +43,7 @@ def info(device: str) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Parses ``argv`` (default: sys.argv) and runs the subcommand; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m translution_ext", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)

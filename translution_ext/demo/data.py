@@ -45,10 +45,12 @@ class Digits:
 
     @property
     def digit_size(self) -> int:
+        """S, the side of one digit image."""
         return self.train_images.shape[-1]
 
     @property
     def canvas_size(self) -> int:
+        """The canvas side, three digits wide."""
         return CANVAS_FACTOR * self.digit_size
 
 

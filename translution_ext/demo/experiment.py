@@ -24,6 +24,7 @@ LEARNING_RATES = {"vit_attention": 1e-3, "vit_translution": 1e-3, "vit_alpha": 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The demo's command-line options."""
     p.add_argument("--quick", action="store_true", help=f"{QUICK_EPOCHS} epochs on {QUICK_TRAIN} training digits (under 2 minutes on 2 CPU cores)")
     p.add_argument("--epochs", type=int, default=None, help=f"epochs per model (default {DEFAULT_EPOCHS})")
     p.add_argument("--models", nargs="+", default=list(models.MODEL_NAMES), choices=models.MODEL_NAMES)

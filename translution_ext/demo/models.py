@@ -42,6 +42,7 @@ class SmallCNN(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
 
     def forward(self, x):
+        """x: (B, 1, H, W) -> (B, num_classes) logits."""
         return self.head(self.stage2(self.stage1(self.stem(x))))
 
 

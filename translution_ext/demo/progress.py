@@ -20,6 +20,7 @@ class Progress:
         return self
 
     def update(self, steps: int = 1, **values: float) -> None:
+        """Advances by ``steps`` and shows ``values`` (e.g. the running loss) beside the bar."""
         self.done = min(self.done + steps, self.total)
         if values:
             self.note = " ".join(f"{k} {v:.3g}" for k, v in values.items())

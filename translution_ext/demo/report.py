@@ -30,6 +30,7 @@ def deployment_summary(d: dict) -> str:
 
 
 def write_json(path: str, payload: dict) -> None:
+    """Writes ``payload`` as indented JSON."""
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
 

@@ -59,6 +59,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: tor
 
 def accuracy(model: nn.Module, data: Tuple[torch.Tensor, torch.Tensor], batch_size: int,
              device: torch.device) -> float:
+    """Top-1 accuracy in [0, 1] on images (N, 1, S, S) and labels (N,)."""
     images, labels = data
     return (predict(model, images, batch_size, device).argmax(1) == labels).float().mean().item()
 

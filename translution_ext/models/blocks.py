@@ -20,6 +20,7 @@ class FeedForward(nn.Module):
                                  nn.Linear(hidden_dim, dim), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, dim) -> (B, N, dim)."""
         return self.net(x)
 
 
@@ -31,6 +32,7 @@ class Block(nn.Module):
         self.mixer, self.ff = mixer, ff
 
     def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """x: (B, N, dim) -> (B, N, dim); ``grid`` is passed to the mixer (2D inputs smaller than built)."""
         x = self.mixer(x, grid=grid) + x
         return self.ff(x) + x
 

@@ -97,6 +97,7 @@ class ACmix(nn.Module):
                 f"kernel_conv={self.kernel_conv}, stride={self.stride}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, Cin, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))."""
         if x.dim() != 4 or x.shape[1] != self.in_planes:
             raise ValueError(f"x must have shape (B, {self.in_planes}, H, W), got {tuple(x.shape)}")
         b, _, h, w = x.shape

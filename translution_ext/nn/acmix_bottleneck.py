@@ -35,6 +35,7 @@ class ACmixBottleneck(nn.Module):
                          if stride != 1 or in_planes != out else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, in_planes, H, W) -> (B, 4·planes, ceil(H / stride), ceil(W / stride))."""
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.acmix(y)))
         y = self.bn3(self.conv3(y))

@@ -85,6 +85,8 @@ class ACmixWindowAttention(nn.Module):
         return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (B, H, W, dim), H and W multiples of the window; mask: (nW, M², M²) additive (0 / -100)
+        for shifted windows, or None -> (B, H, W, dim)."""
         b, h, w, c = x.shape
         m, nh, hd = self.window_size, self.num_heads, self.head_dim
         if c != self.dim or h % m or w % m:

@@ -58,6 +58,7 @@ class TokenLayout:
         return self.max_len
 
     def describe(self) -> str:
+        """The layout and its size, for repr and error messages."""
         size = f"grid={self.grid}" if self.is_2d else f"max_len={self.max_len}"
         return f"layout={self.layout!r}, {size}"
 

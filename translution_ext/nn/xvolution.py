@@ -70,6 +70,7 @@ class XVolution(nn.Module):
                 f"shift_lengths={self.shift_lengths}, deployed={self.deployed}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, Ci, H, W) -> (B, Co, ceil(H / stride), ceil(W / stride))."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         t = pixel_shift_products(x, self.shifts)

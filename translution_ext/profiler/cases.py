@@ -41,6 +41,7 @@ class Setting:
 
 @dataclass
 class Workload:
+    """A step to time, its useful FLOPs, the factor from its time to the full workload's, and notes."""
     step: Callable[[], None]
     flops: float
     scale: float = 1.0  # the time of the full workload is scale x the timed step

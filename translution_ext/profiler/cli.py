@@ -25,6 +25,7 @@ DEFAULT_LENGTHS = {"relproj": [64, 128, 256], "translution": [64, 128, 256, 512]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The bench command's options (and the hidden --worker of its measurement processes)."""
     p.add_argument("op", choices=sorted(OPS), help="what to measure")
     p.add_argument("--lengths", type=int, nargs="+", default=None,
                    help="tokens N (1D layouts) or grid/image side (2d_cls, acmix, xvolution); "

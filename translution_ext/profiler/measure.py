@@ -10,6 +10,7 @@ import torch
 
 
 def synchronize(device: str) -> None:
+    """Waits for queued CUDA work, so that timings cover it; nothing on CPU."""
     if device == "cuda":
         torch.cuda.synchronize()
 
@@ -47,6 +48,7 @@ class PeakMemory:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def extra_mb(self) -> float:
+        """Peak memory above the level at construction, in MiB."""
         peak = torch.cuda.max_memory_allocated() if self.device == "cuda" else self._rss()
         return (peak - self.base) / 2**20
 
