@@ -24,7 +24,7 @@ site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pu
 # cuBLAS/cuSPARSE headers (included by ATen/cuda) come with torch's NVIDIA wheels.
 export CPATH="$(ls -d "$site"/nvidia/cu*/include | head -n 1)${CPATH:+:$CPATH}"
 export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" MAX_JOBS="${MAX_JOBS:-2}"
-PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$venv/bin/pip" install --no-build-isolation "$root"
+PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$venv/bin/pip" install --no-build-isolation "$root[demo]"
 
 cd "$(mktemp -d)"
 "$venv/bin/python" - <<'PY'
@@ -36,12 +36,14 @@ info = te.build_info()
 print("build_info:", info)
 assert info["native"] and info["cuda"], "CUDA kernels were not compiled"
 for op in ("relative_offset_projection", "relative_offset_projection_grad_x",
-           "relative_offset_projection_grad_weight", "pixel_shift_products", "pixel_shift_products_backward"):
+           "relative_offset_projection_grad_weight", "pixel_shift_products", "pixel_shift_products_backward",
+           "acmix_window_attention", "acmix_window_attention_backward"):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"translution_ext::{op}", "CUDA"), op
 lib = glob.glob(os.path.join(os.path.dirname(te.__file__), "_C*.so"))[0]
 symbols = subprocess.run(["nm", "-C", lib], capture_output=True, text=True, check=True).stdout
 for kernel in ("relproj_forward_kernel", "relproj_grad_x_kernel", "relproj_grad_weight_kernel",
-               "pixel_shift_forward_kernel", "pixel_shift_backward_kernel"):
+               "pixel_shift_forward_kernel", "pixel_shift_backward_kernel", "acmix_forward_kernel",
+               "acmix_backward_centre_kernel", "acmix_backward_gather_kernel"):
     assert kernel in symbols, f"{kernel} missing from {lib}"
 sections = subprocess.run(["readelf", "-S", lib], capture_output=True, text=True, check=True).stdout
 assert ".nv_fatbin" in sections, "no device code in the library"

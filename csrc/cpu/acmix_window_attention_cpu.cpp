@@ -1,9 +1,5 @@
-// ACmix's attention path on CPU, without unfolded windows (spec: acmix.md).
+// ACmix's attention path on CPU, without unfolded windows (the rule: acmix_window_attention.h).
 //
-// For output pixel (yo, xo) of head n, centre c = (yo*s, xo*s) and window position u = (du, dv):
-//   p_u    = reflect(c + (du, dv) - ka/2)
-//   logit_u = sum_d q[c, d] * scale * (k[p_u, d] + pe[c, d] - pe[p_u, d]);  a = softmax_u(logit)
-//   out[d] = sum_u a_u * v[p_u, d]
 // One work item per (batch, head) plane: it owns that head's q/k/v gradients; the position
 // term is shared by every plane, so its gradient goes to per-thread buffers summed in
 // thread order (deterministic).  The softmax weights (B, H, ka², Ho, Wo) are returned for
@@ -17,15 +13,11 @@
 #include <limits>
 #include <vector>
 
-#include "../relative_offset_projection.h"
+#include "../acmix_window_attention.h"
 
 namespace translution_ext {
 
 namespace {
-
-constexpr const char* kOp = "acmix_window_attention: ";
-
-inline int64_t reflect(int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
 
 // (hd, HW) channel-major maps -> (HW, hd) in the accumulation type.
 template <typename scalar_t, typename acc_t>
@@ -36,13 +28,9 @@ std::vector<acc_t> channels_last(const scalar_t* p, int64_t hd, int64_t hw) {
   return t;
 }
 
-struct Geometry {
-  int64_t B, C, H, W, heads, hd, window, stride, Ho, Wo;
-};
-
 // Pixel index of every window position of every output pixel: (Ho*Wo, window²).  Computed
 // once per call so the inner loops do no reflection arithmetic or integer division.
-std::vector<int64_t> window_positions(const Geometry& g) {
+std::vector<int64_t> window_positions(const AcmixGeometry& g) {
   const int64_t U = g.window * g.window, half = g.window / 2;
   std::vector<int64_t> pos(g.Ho * g.Wo * U);
   for (int64_t yo = 0; yo < g.Ho; ++yo)
@@ -54,37 +42,10 @@ std::vector<int64_t> window_positions(const Geometry& g) {
   return pos;
 }
 
-Geometry check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pe, int64_t heads,
-               int64_t window, int64_t stride) {
-  TORCH_CHECK_VALUE(q.dim() == 4, kOp, "q must be a 4-D tensor (B, C, H, W), got shape ", shape_str(q));
-  const auto t = q.scalar_type();
-  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, kOp,
-                   "q must have dtype float16, bfloat16, float32 or float64, got ", t);
-  for (const auto& [name, x] : {std::pair<const char*, const at::Tensor&>{"k", k}, {"v", v}}) {
-    TORCH_CHECK_VALUE(x.sizes() == q.sizes(), kOp, name, " must have the shape of q ", shape_str(q), ", got ",
-                      shape_str(x));
-    TORCH_CHECK_TYPE(x.scalar_type() == t, kOp, name, " must have the dtype of q (", t, "), got ", x.scalar_type());
-  }
-  TORCH_CHECK_VALUE(heads >= 1 && q.size(1) % heads == 0, kOp, "heads must divide C == ", q.size(1), ", got ", heads);
-  const int64_t hd = q.size(1) / heads;
-  TORCH_CHECK_VALUE(pe.dim() == 3 && pe.size(0) == hd && pe.size(1) == q.size(2) && pe.size(2) == q.size(3), kOp,
-                    "pe must have shape (hd, H, W) = (", hd, ", ", q.size(2), ", ", q.size(3), "), got ", shape_str(pe));
-  TORCH_CHECK_TYPE(pe.scalar_type() == t, kOp, "pe must have the dtype of q (", t, "), got ", pe.scalar_type());
-  TORCH_CHECK_VALUE(window >= 1 && window % 2 == 1, kOp, "window must be a positive odd int, got ", window);
-  TORCH_CHECK_VALUE(stride >= 1, kOp, "stride must be >= 1, got ", stride);
-  TORCH_CHECK_VALUE(window / 2 < q.size(2) && window / 2 < q.size(3), kOp,
-                    "H and W must exceed window // 2 == ", window / 2, " (reflection padding), got ", q.size(2),
-                    " x ", q.size(3));
-  for (const auto* x : {&k, &v, &pe})
-    TORCH_CHECK_VALUE(x->device() == q.device(), kOp, "all inputs must be on q's device (", q.device(), ")");
-  const int64_t H = q.size(2), W = q.size(3);
-  return {q.size(0), q.size(1), H, W, heads, hd, window, stride, (H - 1) / stride + 1, (W - 1) / stride + 1};
-}
-
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                                const at::Tensor& pe_in, int64_t heads, int64_t window, int64_t stride,
                                                double scale) {
-  const Geometry g = check(q_in, k_in, v_in, pe_in, heads, window, stride);
+  const AcmixGeometry g = check_acmix(q_in, k_in, v_in, pe_in, heads, window, stride);
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), pe = pe_in.contiguous();
   const int64_t U = g.window * g.window, HW = g.H * g.W, HoWo = g.Ho * g.Wo;
   at::Tensor out = at::empty({g.B, g.C, g.Ho, g.Wo}, q.options());
@@ -144,12 +105,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q_in, const at:
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& pe_in, const at::Tensor& attn_in, int64_t heads, int64_t window, int64_t stride, double scale) {
-  const Geometry g = check(q_in, k_in, v_in, pe_in, heads, window, stride);
+  const AcmixGeometry g = check_acmix(q_in, k_in, v_in, pe_in, heads, window, stride);
   const int64_t U = g.window * g.window, HW = g.H * g.W, HoWo = g.Ho * g.Wo;
-  TORCH_CHECK_VALUE(grad_in.sizes() == at::IntArrayRef({g.B, g.C, g.Ho, g.Wo}), kOp, "grad_out must have shape (",
-                    g.B, ", ", g.C, ", ", g.Ho, ", ", g.Wo, "), got ", shape_str(grad_in));
-  TORCH_CHECK_VALUE(attn_in.sizes() == at::IntArrayRef({g.B, g.heads, U, g.Ho, g.Wo}), kOp,
-                    "attn must have shape (B, heads, window², Ho, Wo), got ", shape_str(attn_in));
+  check_acmix_backward(g, q_in, grad_in, attn_in);
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), pe = pe_in.contiguous();
   const at::Tensor go = grad_in.contiguous(), attn = attn_in.contiguous();
   const auto acc_type = at::toOpMathType(q.scalar_type());
@@ -236,13 +194,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(translution_ext, m) {
-  m.def("acmix_window_attention(Tensor q, Tensor k, Tensor v, Tensor pe, int heads, int window, int stride, "
-        "float scale) -> (Tensor, Tensor)");
-  m.def("acmix_window_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor pe, Tensor attn, "
-        "int heads, int window, int stride, float scale) -> (Tensor, Tensor, Tensor, Tensor)");
-}
 
 TORCH_LIBRARY_IMPL(translution_ext, CPU, m) {
   m.impl("acmix_window_attention", &forward_cpu);
