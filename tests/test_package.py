@@ -77,3 +77,7 @@ def test_info_command_reports_backends():
     cuda = subprocess.run([sys.executable, "-m", "translution_ext", "info", "--device", "cuda"], capture_output=True,
                           text=True, check=True).stdout
     assert ("fused      can run" in cuda) or ("fused      cannot run: " in cuda)
+    dropout = subprocess.run([sys.executable, "-m", "translution_ext", "info", "--device", "cpu", "--dropout", "0.1"],
+                             capture_output=True, text=True, check=True).stdout
+    assert "training with attention dropout 0.1" in dropout
+    assert "fused      cannot run: the fused kernels do not apply dropout" in dropout

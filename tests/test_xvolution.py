@@ -166,3 +166,40 @@ def test_native_fold_matches_reference(dtype):
         torch.ops.translution_ext.xvolution_fold(weights, *stats, [1e-5, 1e-3], [0, 3], 27, 1)
     with pytest.raises(ValueError, match=r"reads input channels \[3, 27\) outside in_channels = 20"):
         torch.ops.translution_ext.xvolution_fold(weights, *stats, [1e-5, 1e-3], [0, 3], 20, 3)
+
+
+@pytest.mark.parametrize("stride,heads,hw", [(1, 1, (5, 6)), (2, 2, (7, 6)), (3, 4, (6, 8))])
+def test_sa_variant_matches_literal_attention(stride, heads, hw):
+    from translution_ext.nn import XVolutionSA
+
+    torch.manual_seed(0)
+    m = XVolutionSA(3, 8, 3, stride=stride, heads=heads).double()
+    for bn in (m.bn_conv, m.bn_attn):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+    m.eval()
+    x = torch.randn(2, 3, *hw, dtype=torch.float64, requires_grad=True)
+    y = m(x)
+    # Literal: every output pixel attends to every input pixel.
+    q, k, v = m.qkv(x).chunk(3, dim=1)
+    q = q[:, :, ::stride, ::stride]
+    b, c, ho, wo = q.shape
+    d = c // heads
+    qh = q.reshape(b, heads, d, ho * wo)
+    kh, vh = (t.reshape(b, heads, d, -1) for t in (k, v))
+    weights = torch.softmax(torch.einsum("bhdi,bhdj->bhij", qh, kh) / d ** 0.5, dim=-1)
+    attn = m.attn_out(torch.einsum("bhij,bhdj->bhdi", weights, vh).reshape(b, c, ho, wo))
+    expected = m.bn_conv(m.conv(x)) + m.bn_attn(attn)
+    assert y.shape == (2, 8, -(-hw[0] // stride), -(-hw[1] // stride))
+    torch.testing.assert_close(y, expected)
+    y.sum().backward()
+    assert x.grad is not None and m.qkv.weight.grad is not None and m.attn_out.weight.grad is not None
+    with pytest.raises(NotImplementedError, match="XVolutionSA cannot be re-parameterised"):
+        m.reparameterize()
+    with pytest.raises(NotImplementedError, match="use XVolution"):
+        translution_ext.reparameterize_model(torch.nn.Sequential(m))
+    with pytest.raises(ValueError, match="heads must be a positive divisor of out_channels = 8"):
+        XVolutionSA(3, 8, heads=3)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 3, H, W\)"):
+        m(torch.randn(1, 4, 5, 5, dtype=torch.float64))

@@ -23,8 +23,9 @@ OPS = {
 }
 
 
-def info(device: str) -> str:
-    """What was compiled, and which Translution backends can run on ``device`` (and why not)."""
+def info(device: str, dropout: float = 0.0) -> str:
+    """What was compiled, and which Translution backends can run on ``device`` (and why not)
+    for a layer with attention dropout ``dropout`` while training."""
     b = _native.build_info()
     lines = [f"translution_ext {__version__}, torch {torch.__version__}",
              f"native library: {'loaded' if b['native'] else 'not loaded: ' + str(b['load_error'])}"]
@@ -35,9 +36,10 @@ def info(device: str) -> str:
     lines.append("native kernels by op:")
     for op, devices in OPS.items():
         lines.append(f"  {op:42} {', '.join(sorted(devices)) or 'none (pure-PyTorch reference)'}")
-    lines.append(f"Translution / AlphaTranslution backends on {device} (auto takes the first that can run):")
+    layer = f"training with attention dropout {dropout}" if dropout > 0 else "no attention dropout"
+    lines.append(f"Translution / AlphaTranslution backends on {device}, {layer} (auto takes the first that can run):")
     for backend in BACKENDS[1:]:
-        reason = backend_unavailable_reason(backend, torch.device(device), dropout_active=False)
+        reason = backend_unavailable_reason(backend, torch.device(device), dropout_active=dropout > 0)
         lines.append(f"  {backend:10} {'can run' if reason is None else 'cannot run: ' + reason}")
     return "\n".join(lines)
 
@@ -50,6 +52,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     info_cmd = commands.add_parser("info", help="what was compiled and which backends can run here")
     info_cmd.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                           choices=["cpu", "cuda"])
+    info_cmd.add_argument("--dropout", type=float, default=0.0,
+                          help="the layer's attention dropout (while training, some backends cannot apply it)")
     from . import demo
     from .profiler import cli as bench
 
@@ -62,7 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return demo.run(args)
     if args.command == "bench":
         return bench.run(args)
-    print(info(args.device))
+    print(info(args.device, args.dropout))
     return 0
 
 

@@ -9,6 +9,7 @@ from .layout import LAYOUTS, TokenLayout
 from .relative_block import VARIANTS
 from .translution import Translution
 from .xvolution import XVolution
+from .xvolution_sa import XVolutionSA
 
 __all__ = [
     "ACmix",
@@ -23,5 +24,6 @@ __all__ = [
     "Translution",
     "VARIANTS",
     "XVolution",
+    "XVolutionSA",
     "shifted_window_mask",
 ]
