@@ -35,14 +35,24 @@ __device__ inline int64_t window_pixel(const AcmixGeometry& g, int64_t yc, int64
   return reflect(yc + du - half, g.H) * g.W + reflect(xc + dv - half, g.W);
 }
 
+// Output pixel i of the (batch*head, Ho*Wo) grid: its plane, index and window centre.
+struct OutputPixel {
+  int64_t bn, o, yc, xc, centre;
+};
+
+__device__ inline OutputPixel output_pixel(const AcmixGeometry& g, int64_t i) {
+  const int64_t HoWo = g.Ho * g.Wo, o = i % HoWo;
+  const int64_t yc = (o / g.Wo) * g.stride, xc = (o % g.Wo) * g.stride;
+  return {i / HoWo, o, yc, xc, yc * g.W + xc};
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void acmix_forward_kernel(const scalar_t* q, const scalar_t* k, const scalar_t* v, const scalar_t* pe,
                                      scalar_t* out, acc_t* attn, AcmixGeometry g, acc_t scale) {
   const int64_t HW = g.H * g.W, HoWo = g.Ho * g.Wo, U = g.window * g.window;
-  const int64_t total = g.B * g.heads * HoWo;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t o = i % HoWo, bn = i / HoWo;
-    const int64_t yc = (o / g.Wo) * g.stride, xc = (o % g.Wo) * g.stride, centre = yc * g.W + xc;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < g.B * g.heads * HoWo;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const auto [bn, o, yc, xc, centre] = output_pixel(g, i);
     const scalar_t *qb = q + bn * g.hd * HW, *kb = k + bn * g.hd * HW, *vb = v + bn * g.hd * HW;
     acc_t* a = attn + bn * U * HoWo + o;  // a[u * HoWo]
     acc_t peq = 0;                        // sum_d q[c, d] * pe[c, d]: the same for every u
@@ -75,10 +85,9 @@ __global__ void acmix_backward_centre_kernel(const scalar_t* grad, const scalar_
                                              const scalar_t* v, const scalar_t* pe, const acc_t* attn, acc_t* dlogit,
                                              acc_t* rowsum, acc_t* dq, AcmixGeometry g, acc_t scale) {
   const int64_t HW = g.H * g.W, HoWo = g.Ho * g.Wo, U = g.window * g.window;
-  const int64_t total = g.B * g.heads * HoWo;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t o = i % HoWo, bn = i / HoWo;
-    const int64_t yc = (o / g.Wo) * g.stride, xc = (o % g.Wo) * g.stride, centre = yc * g.W + xc;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < g.B * g.heads * HoWo;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const auto [bn, o, yc, xc, centre] = output_pixel(g, i);
     const scalar_t *kb = k + bn * g.hd * HW, *vb = v + bn * g.hd * HW, *gb = grad + bn * g.hd * HoWo;
     const acc_t* a = attn + bn * U * HoWo + o;
     acc_t* dl = dlogit + bn * U * HoWo + o;
