@@ -12,6 +12,7 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <tuple>
 #include <optional>
 #include <vector>
 
@@ -47,5 +48,26 @@ AttentionPlan prepare_attention(const AttentionInputs& in);
 
 // The dtype the kernels compute in: float for half types, else the input dtype.
 at::ScalarType attention_opmath(at::ScalarType t);
+
+// The op's implementation (translution_attention_aten.cpp), ATen operations only: the CPU
+// and CUDA registrations both use it.  Arguments follow the op schemas.
+std::tuple<at::Tensor, at::Tensor> attention_forward_aten(
+    const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k, const std::optional<at::Tensor>& v,
+    const std::optional<at::Tensor>& q_source, const std::optional<at::Tensor>& k_source,
+    const std::optional<at::Tensor>& v_source, const std::optional<at::Tensor>& q_table,
+    const std::optional<at::Tensor>& k_table, const std::optional<at::Tensor>& v_table, const at::Tensor& key_index,
+    const at::Tensor& query_index, int64_t heads, double scale, bool causal);
+
+// Gradients of q, k, v, the three sources and the three tables (empty tensors for absent ones).
+using AttentionGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                  at::Tensor, at::Tensor>;
+
+AttentionGrads attention_backward_aten(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k,
+    const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& q_source,
+    const std::optional<at::Tensor>& k_source, const std::optional<at::Tensor>& v_source,
+    const std::optional<at::Tensor>& q_table, const std::optional<at::Tensor>& k_table,
+    const std::optional<at::Tensor>& v_table, const at::Tensor& key_index, const at::Tensor& query_index,
+    const at::Tensor& out, const at::Tensor& lse, int64_t heads, double scale, bool causal);
 
 }  // namespace translution_ext

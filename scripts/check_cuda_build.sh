@@ -37,7 +37,8 @@ print("build_info:", info)
 assert info["native"] and info["cuda"], "CUDA kernels were not compiled"
 for op in ("relative_offset_projection", "relative_offset_projection_grad_x",
            "relative_offset_projection_grad_weight", "pixel_shift_products", "pixel_shift_products_backward",
-           "acmix_window_attention", "acmix_window_attention_backward"):
+           "acmix_window_attention", "acmix_window_attention_backward", "translution_attention",
+           "translution_attention_backward"):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"translution_ext::{op}", "CUDA"), op
 lib = glob.glob(os.path.join(os.path.dirname(te.__file__), "_C*.so"))[0]
 symbols = subprocess.run(["nm", "-C", lib], capture_output=True, text=True, check=True).stdout

@@ -9,7 +9,7 @@ from translution_ext import indexing
 from translution_ext.fused_attention import _unfused
 from translution_ext.ops import translution_attention
 
-from conftest import requires_native
+from conftest import DEVICES, requires_native
 
 pytestmark = requires_native
 HEADS, C, D = 2, 6, 8
@@ -25,7 +25,7 @@ def maps(layout: str, size):
     return indexing.offset_index_2d_cls(size)
 
 
-def inputs(layout, size, relative, dtype=torch.float64, batch=2, seed=0):
+def inputs(layout, size, relative, dtype=torch.float64, batch=2, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     ix = maps(layout, size)
     n = ix.key.shape[0]
@@ -36,7 +36,7 @@ def inputs(layout, size, relative, dtype=torch.float64, batch=2, seed=0):
             kw[f"{role}_table"] = torch.randn(ix.num_classes, C, D, generator=g, dtype=dtype) * C ** -0.5
         else:
             kw[role] = torch.randn(batch, n, D, generator=g, dtype=dtype)
-    return x, kw
+    return x.to(device), {k: v.to(device) if torch.is_tensor(v) else v for k, v in kw.items()}
 
 
 def differentiable(x, kw):
@@ -55,11 +55,12 @@ def unfused(x, kw):
 CASES = [("1d", 40), ("1d", 1), ("causal", 5), ("causal", 37), ("2d", (3, 4)), ("2d_cls", (2, 3))]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("relative", ["qkv", "qk", "qv", "kv", "q", "k", "v"])
 @pytest.mark.parametrize("layout,size", CASES)
-def test_matches_unfused_reference_forward_and_backward(layout, size, relative):
+def test_matches_unfused_reference_forward_and_backward(layout, size, relative, device):
     # 40 and 37 tokens are not multiples of the 32-row query blocks; causal 5 is shorter than one.
-    x, kw = inputs(layout, size, relative)
+    x, kw = inputs(layout, size, relative, device=device)
     x1, kw1 = differentiable(x, kw)
     x2, kw2 = differentiable(x, kw)
     out = translution_attention(x1, **kw1)
@@ -74,20 +75,22 @@ def test_matches_unfused_reference_forward_and_backward(layout, size, relative):
             torch.testing.assert_close(value.grad, kw2[name].grad, atol=1e-12, rtol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout,size,relative", [("2d_cls", (3, 3), "qkv"), ("causal", 9, "kv")])
-def test_lower_precision_within_twice_the_reference_error(layout, size, relative, dtype):
+def test_lower_precision_within_twice_the_reference_error(layout, size, relative, dtype, device):
     from conftest import assert_close_to_reference
 
-    x, kw = inputs(layout, size, relative)
+    x, kw = inputs(layout, size, relative, device=device)
     exact = unfused(x, kw)
     low = {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in kw.items()}
     assert_close_to_reference(translution_attention(x.to(dtype), **low), exact, unfused(x.to(dtype), low))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout,size,relative", [("causal", 4, "qkv"), ("2d_cls", (2, 2), "kv"), ("1d", 3, "q")])
-def test_gradcheck_float64(layout, size, relative):
-    x, kw = inputs(layout, size, relative, batch=1)
+def test_gradcheck_float64(layout, size, relative, device):
+    x, kw = inputs(layout, size, relative, batch=1, device=device)
     names = [k for k, v in kw.items() if torch.is_tensor(v) and v.is_floating_point()]
     fixed = {k: v for k, v in kw.items() if k not in names}
 
@@ -98,9 +101,10 @@ def test_gradcheck_float64(layout, size, relative):
     assert torch.autograd.gradcheck(f, args)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout,size,relative", [("causal", 6, "qkv"), ("2d_cls", (2, 2), "qv")])
-def test_opcheck(layout, size, relative):
-    x, kw = inputs(layout, size, relative, dtype=torch.float32)
+def test_opcheck(layout, size, relative, device):
+    x, kw = inputs(layout, size, relative, dtype=torch.float32, device=device)
     args = (*(kw.get(r) for r in "qkv"), *(x if f"{r}_table" in kw else None for r in "qkv"),
             *(kw.get(f"{r}_table") for r in "qkv"), kw["key_index"], kw["query_index"], HEADS,
             (D // HEADS) ** -0.5, kw["causal"])
@@ -108,13 +112,22 @@ def test_opcheck(layout, size, relative):
     torch.library.opcheck(torch.ops.translution_ext.translution_attention.default, args)
 
 
-def test_deterministic():
-    x, kw = inputs("2d_cls", (4, 4), "qkv", dtype=torch.float32)
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic(device):
+    # On CUDA the row sums are deterministic in PyTorch's deterministic mode, as for its own ops.
+    x, kw = inputs("2d_cls", (4, 4), "qkv", dtype=torch.float32, device=device)
     grads = []
-    for _ in range(2):
-        x1, kw1 = differentiable(x, kw)
-        translution_attention(x1, **kw1).square().sum().backward()
-        grads.append(torch.cat([x1.grad.flatten()] + [kw1[f"{r}_table"].grad.flatten() for r in "qkv"]))
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(device == "cuda" or previous)
+    try:
+        for _ in range(2):
+            x1, kw1 = differentiable(x, kw)
+            out = translution_attention(x1, **kw1)
+            out.square().sum().backward()
+            grads.append(torch.cat([out.flatten(), x1.grad.flatten()]
+                                   + [kw1[f"{r}_table"].grad.flatten() for r in "qkv"]))
+    finally:
+        torch.use_deterministic_algorithms(previous)
     assert torch.equal(grads[0], grads[1])
 
 
@@ -175,7 +188,9 @@ def test_bad_inputs_name_the_argument(change, match):
 
 
 def test_build_info_lists_the_fused_devices():
-    assert "cpu" in translution_ext.build_info()["fused_device_types"]
+    info = translution_ext.build_info()
+    assert "cpu" in info["fused_device_types"]
+    assert ("cuda" in info["fused_device_types"]) == bool(info["cuda"])  # registered in CUDA builds only
 
 
 @pytest.mark.parametrize("layout,size", [("causal", 9), ("2d_cls", (2, 3))])

@@ -1,4 +1,8 @@
-// Fused Translution attention on CPU.
+// Fused Translution attention, composed of ATen operations so that one implementation
+// serves every device: on CPU the work items run in parallel on the thread pool (BLAS
+// GEMMs inside), on CUDA one after another on the current stream (cuBLAS GEMMs, tensor
+// cores for the half types' float accumulation is not used: operands are converted to
+// float first).  Registered for CPU here and for CUDA in cuda/translution_attention_cuda.cu.
 //
 // Forward, per block of query rows (one work item each): for every pair group
 // (one q class, one k/v class) the block's pairs gather their token rows and project
@@ -10,6 +14,8 @@
 // (the FlashAttention scheme), the per-pair gradients feed one GEMM per table row,
 // and the token gradients go to per-thread buffers summed in thread order.
 // Nothing of size N x N x (C or D) is stored; the per-block scores are O(B·H·rows·N).
+// Deterministic on CPU; on CUDA the row sums use index_add_, which is deterministic when
+// torch.use_deterministic_algorithms(True) is set (as for PyTorch's own ops).
 #include <ATen/Parallel.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
@@ -17,7 +23,7 @@
 #include <algorithm>
 #include <limits>
 
-#include "../translution_attention.h"
+#include "translution_attention.h"
 
 namespace translution_ext {
 
@@ -25,8 +31,8 @@ namespace {
 
 // Query rows per forward work item: large blocks make large GEMMs, but every thread
 // needs a block.  Rows are computed independently, so the result does not depend on it.
-int64_t rows_per_block(int64_t n) {
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+int64_t rows_per_block(int64_t n, bool parallel) {
+  const int64_t threads = parallel ? std::max<int64_t>(1, at::get_num_threads()) : 1;
   const int64_t even = (n + threads - 1) / threads;
   return std::clamp<int64_t>((even + 15) / 16 * 16, 16, 128);
 }
@@ -51,9 +57,25 @@ Operands to_opmath(const AttentionInputs& in, at::ScalarType op) {
   return o;
 }
 
-at::Tensor index_tensor(const std::vector<int64_t>& v, int64_t begin, int64_t end) {
-  return at::from_blob(const_cast<int64_t*>(v.data()) + begin, {end - begin}, at::kLong).clone();
+// The plan's pair list on the inputs' device (a view of the host vector on CPU); a group's
+// or segment's pairs are slices of it.
+at::Tensor on_device(const std::vector<int64_t>& v, const at::Device& device) {
+  at::Tensor host = at::from_blob(const_cast<int64_t*>(v.data()), {static_cast<int64_t>(v.size())}, at::kLong);
+  return device.is_cpu() ? host : host.to(device);
 }
+
+// Runs fn(first, last) over [0, n): in parallel on the CPU thread pool, in order elsewhere
+// (device work is queued on one stream).  Returns the number of work slots (threads).
+template <typename F>
+void for_work_items(const at::Device& device, int64_t n, const F& fn) {
+  if (device.is_cpu())
+    at::parallel_for(0, n, 1, fn);
+  else if (n > 0)
+    fn(0, n);
+}
+
+int64_t work_slots(const at::Device& device) { return device.is_cpu() ? at::get_num_threads() : 1; }
+int64_t work_slot(const at::Device& device) { return device.is_cpu() ? at::get_thread_num() : 0; }
 
 // The role's per-head vectors for the pairs reading token rows `rows` of group g:
 // (B, P, H, ds + dr), the shared part first.
@@ -87,7 +109,9 @@ at::ScalarType input_dtype(const AttentionInputs& in) {
   return at::kFloat;
 }
 
-std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> attention_forward_aten(
     const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k, const std::optional<at::Tensor>& v,
     const std::optional<at::Tensor>& qs, const std::optional<at::Tensor>& ks, const std::optional<at::Tensor>& vs,
     const std::optional<at::Tensor>& qt, const std::optional<at::Tensor>& kt, const std::optional<at::Tensor>& vt,
@@ -103,9 +127,11 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(
   at::Tensor out = at::empty({B, N, H * dv}, opts);
   at::Tensor lse = at::empty({B, H, N}, opts);
   if (B == 0 || N == 0) return {out.to(dtype), lse};
-  const int64_t kRows = rows_per_block(N);
+  const at::Device device = key_index.device();
+  const int64_t kRows = rows_per_block(N, device.is_cpu());
   const int64_t blocks = (N + kRows - 1) / kRows;
-  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+  const at::Tensor pair_i = on_device(plan.pair_i, device), pair_j = on_device(plan.pair_j, device);
+  for_work_items(device, blocks, [&](int64_t first, int64_t last) {
     for (int64_t blk = first; blk < last; ++blk) {
       const int64_t i0 = blk * kRows, i1 = std::min(N, i0 + kRows), rows = i1 - i0;
       // The block's pairs in every group: pair_i is sorted within a group.
@@ -120,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(
       at::Tensor scores = at::full({B, H, rows, N}, -std::numeric_limits<double>::infinity(), opts);
       std::vector<std::array<at::Tensor, 2>> idx;  // (rows of the block, key tokens) per segment
       for (const auto& [g, b, e] : segments) {
-        at::Tensor I = index_tensor(plan.pair_i, b, e), J = index_tensor(plan.pair_j, b, e);
+        at::Tensor I = pair_i.slice(0, b, e), J = pair_j.slice(0, b, e);
         at::Tensor s = (role_rows(o, plan, kQ, g, I) * role_rows(o, plan, kK, g, J)).sum(-1);  // (B, P, H)
         at::Tensor local = I - i0;
         scores.index_put_({Slice(), Slice(), local, J}, s.mul_(in.scale).permute({0, 2, 1}));
@@ -142,10 +168,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(
   return {out.to(dtype), lse};
 }
 
-using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                         at::Tensor, at::Tensor>;
-
-Grads attention_backward_cpu(
+AttentionGrads attention_backward_aten(
     const at::Tensor& grad_out, const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k,
     const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& qs, const std::optional<at::Tensor>& ks,
     const std::optional<at::Tensor>& vs, const std::optional<at::Tensor>& qt, const std::optional<at::Tensor>& kt,
@@ -174,17 +197,19 @@ Grads attention_backward_cpu(
   for (int r = 0; r < 3; ++r)
     if (o.table[r].defined()) grad_table[r] = at::zeros_like(o.table[r]);
   // Per-thread token gradients: slots 0..2 the shared parts, 3..5 the sources.
-  std::vector<std::array<at::Tensor, 6>> local(at::get_num_threads());
+  const at::Device device = key_index.device();
+  std::vector<std::array<at::Tensor, 6>> local(work_slots(device));
+  const at::Tensor pair_i = on_device(plan.pair_i, device), pair_j = on_device(plan.pair_j, device);
 
-  at::parallel_for(0, G, 1, [&](int64_t first, int64_t last) {
-    auto& mine = local[at::get_thread_num()];
+  for_work_items(device, G, [&](int64_t first, int64_t last) {
+    auto& mine = local[work_slot(device)];
     for (int r = 0; r < 3; ++r) {
       if (o.shared[r].defined() && !mine[r].defined()) mine[r] = at::zeros_like(o.shared[r]);
       if (o.source[r].defined() && !mine[3 + r].defined()) mine[3 + r] = at::zeros_like(o.source[r]);
     }
     for (int64_t g = first; g < last; ++g) {
       const int64_t b = plan.group_begin[g], e = plan.group_begin[g + 1], P = e - b;
-      at::Tensor I = index_tensor(plan.pair_i, b, e), J = index_tensor(plan.pair_j, b, e);
+      at::Tensor I = pair_i.slice(0, b, e), J = pair_j.slice(0, b, e);
       at::Tensor qq = role_rows(o, plan, kQ, g, I), kk = role_rows(o, plan, kK, g, J);
       at::Tensor vv = role_rows(o, plan, kV, g, J);
       at::Tensor s = (qq * kk).sum(-1).mul_(in.scale);                                     // (B, P, H)
@@ -223,11 +248,9 @@ Grads attention_backward_cpu(
           cast(grad_table[0]), cast(grad_table[1]), cast(grad_table[2])};
 }
 
-}  // namespace
-
 TORCH_LIBRARY_IMPL(translution_ext, CPU, m) {
-  m.impl("translution_attention", &attention_forward_cpu);
-  m.impl("translution_attention_backward", &attention_backward_cpu);
+  m.impl("translution_attention", &attention_forward_aten);
+  m.impl("translution_attention_backward", &attention_backward_aten);
 }
 
 }  // namespace translution_ext
