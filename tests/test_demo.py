@@ -127,7 +127,7 @@ def test_demo_quick_on_sklearn_digits(tmp_path, capsys):
                    "--out", str(tmp_path)])
     assert status == 0
     result = json.loads((tmp_path / "results.json").read_text())
-    assert result["data"].startswith("scikit-learn digits") and result["epochs"] == 2
+    assert result["data"].startswith("scikit-learn digits") and result["epochs"] == 2 and result["batch_size"] == 32
     assert result["xvolution_deployment"] is None
 
 

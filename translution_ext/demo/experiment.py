@@ -18,14 +18,17 @@ from ..profiler.measure import device_name
 from . import data, models, report, training
 
 DESCRIPTION = __doc__
-QUICK_EPOCHS, QUICK_TRAIN, DEFAULT_EPOCHS = 2, 1000, 10
+# --quick: fewer, smaller steps (batch 32 gives the short run twice the updates).
+QUICK_EPOCHS, QUICK_TRAIN, QUICK_BATCH = 2, 1000, 32
+DEFAULT_EPOCHS, DEFAULT_BATCH = 10, 64
 LEARNING_RATES = {"vit_attention": 1e-3, "vit_translution": 1e-3, "vit_alpha": 1e-3, "cnn_acmix": 3e-3,
                   "cnn_xvolution": 3e-3}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The demo's command-line options."""
-    p.add_argument("--quick", action="store_true", help=f"{QUICK_EPOCHS} epochs on {QUICK_TRAIN} training digits (under 2 minutes on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_EPOCHS} epochs on {QUICK_TRAIN} training digits, batch {QUICK_BATCH} "
+                        "(under 2 minutes on 2 CPU cores)")
     p.add_argument("--epochs", type=int, default=None, help=f"epochs per model (default {DEFAULT_EPOCHS})")
     p.add_argument("--models", nargs="+", default=list(models.MODEL_NAMES), choices=models.MODEL_NAMES)
     p.add_argument("--data", default="digits", choices=["digits", "mnist"],
@@ -33,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="folder with the MNIST IDX files (for --data mnist)")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training digits")
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N test digits")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"default {DEFAULT_BATCH} ({QUICK_BATCH} with --quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default="translution_demo", help="folder for results.json and results.png")
@@ -84,6 +88,8 @@ def run(args) -> int:
     start = time.perf_counter()
     if args.quick and args.limit_train is None:
         args.limit_train = QUICK_TRAIN
+    if args.batch_size is None:
+        args.batch_size = QUICK_BATCH if args.quick else DEFAULT_BATCH
     ds = _load(args)
     patch = ds.digit_size // 2
     grid = ds.canvas_size // patch
