@@ -5,23 +5,23 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 from typing import List
 
 import torch
 
-from translution_ext.profiler.measure import PeakMemory, device_name, timed  # noqa: F401 (re-exported)
+from translution_ext.profiler.measure import (PeakMemory, WorkerError, device_name, run_json_worker,  # noqa: F401
+                                              timed)
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def run_worker(script: str, args: List[str]) -> dict:
     """Runs ``script --worker ...`` in a fresh process (its own peak memory) and returns its JSON line."""
-    done = subprocess.run([sys.executable, os.path.abspath(script), *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        return run_json_worker([sys.executable, os.path.abspath(script), *args])
+    except WorkerError as e:
+        raise SystemExit(f"{' '.join(args)} failed:\n{e.stderr}") from None
 
 
 def write_results(name: str, device: str, dtype: str, meta: dict, results: list, out: str = None) -> str:

@@ -91,4 +91,14 @@ std::vector<int64_t> check_pixel_shift(const at::Tensor& x, at::IntArrayRef shif
   return shifts.vec();
 }
 
+void check_pixel_shift_grad(const at::Tensor& x, const at::Tensor& grad_out, int64_t num_shifts, const char* op) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({B, num_shifts * C, H, W}), op,
+                    "grad_out must have shape (B, S*C, H, W) = (", B, ", ", num_shifts * C, ", ", H, ", ", W,
+                    "), got ", shape_str(grad_out));
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == x.scalar_type(), op, "grad_out must have the dtype of x (",
+                   x.scalar_type(), "), got ", grad_out.scalar_type());
+  TORCH_CHECK_VALUE(grad_out.device() == x.device(), op, "grad_out must be on x's device (", x.device(), ")");
+}
+
 }  // namespace translution_ext

@@ -71,6 +71,19 @@ def test_pixel_shift_errors(bad, match):
         pixel_shift_products(bad, shift_offsets())
 
 
+@requires_native
+@pytest.mark.parametrize("device", DEVICES)
+def test_pixel_shift_backward_checks_grad_out(device):
+    x = torch.randn(2, 3, 4, 5, device=device)
+    flat = [v for shift in shift_offsets() for v in shift]
+    backward = torch.ops.translution_ext.pixel_shift_products_backward
+    with pytest.raises(ValueError, match=r"grad_out must have shape \(B, S\*C, H, W\) = \(2, 24, 4, 5\), got "
+                                         r"\(2, 3, 4, 5\)"):
+        backward(x, x, flat)
+    with pytest.raises(TypeError, match=r"grad_out must have the dtype of x \(Float\), got Double"):
+        backward(torch.zeros(2, 24, 4, 5, dtype=torch.float64, device=device), x, flat)
+
+
 def randomize_bn_(module: torch.nn.Module, g: torch.Generator) -> None:
     with torch.no_grad():
         for bn in module.modules():

@@ -39,9 +39,7 @@ at::Tensor pixel_shift_backward_cpu(const at::Tensor& grad_in, const at::Tensor&
   const auto shifts = check_pixel_shift(x_in, shifts_in, "pixel_shift_products_backward: ");
   const at::Tensor x = x_in.contiguous(), g = grad_in.contiguous();
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), S = shifts.size() / 2;
-  TORCH_CHECK_VALUE(g.sizes() == at::IntArrayRef({B, S * C, H, W}),
-                    "pixel_shift_products_backward: grad_out must have shape (B, S*C, H, W) = (", B, ", ", S * C,
-                    ", ", H, ", ", W, "), got ", g.sizes());
+  check_pixel_shift_grad(x, g, S, "pixel_shift_products_backward: ");
   at::Tensor dx = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_shift_products_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -52,18 +50,11 @@ at::Tensor pixel_shift_backward_cpu(const at::Tensor& grad_in, const at::Tensor&
       for (int64_t bc = first; bc < last; ++bc) {
         const int64_t b = bc / C, c = bc % C;
         const scalar_t* plane = xp + bc * H * W;
-        for (int64_t y = 0; y < H; ++y) {
-          for (int64_t xx = 0; xx < W; ++xx) {
-            acc_t sum = 0;
-            for (int64_t s = 0; s < S; ++s) {
-              const scalar_t* gs = gp + ((b * S + s) * C + c) * H * W;
-              const int64_t dy = shifts[2 * s], dx_ = shifts[2 * s + 1];
-              sum += acc_t(gs[y * W + xx]) * acc_t(shifted(plane, H, W, y, xx, dy, dx_));
-              sum += acc_t(shifted(gs, H, W, y, xx, -dy, -dx_)) * acc_t(shifted(plane, H, W, y, xx, -dy, -dx_));
-            }
-            dp[bc * H * W + y * W + xx] = static_cast<scalar_t>(sum);
-          }
-        }
+        const scalar_t* grad = gp + (b * S * C + c) * H * W;
+        for (int64_t y = 0; y < H; ++y)
+          for (int64_t xx = 0; xx < W; ++xx)
+            dp[bc * H * W + y * W + xx] = static_cast<scalar_t>(
+                pixel_shift_grad<acc_t>(plane, grad, C * H * W, S, shifts.data(), H, W, y, xx));
       }
     });
   });

@@ -48,14 +48,8 @@ __global__ void pixel_shift_backward_kernel(const scalar_t* g, const scalar_t* x
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t xx = i % W, y = (i / W) % H, c = (i / (H * W)) % C, b = i / (C * H * W);
     const scalar_t* plane = x + (b * C + c) * H * W;
-    acc_t sum = 0;
-    for (int64_t s = 0; s < sh.s; ++s) {
-      const scalar_t* gs = g + ((b * sh.s + s) * C + c) * H * W;
-      const int64_t dy = sh.d[2 * s], dxs = sh.d[2 * s + 1];
-      sum += acc_t(gs[y * W + xx]) * acc_t(shifted(plane, H, W, y, xx, dy, dxs));
-      sum += acc_t(shifted(gs, H, W, y, xx, -dy, -dxs)) * acc_t(shifted(plane, H, W, y, xx, -dy, -dxs));
-    }
-    dx[i] = static_cast<scalar_t>(sum);
+    dx[i] = static_cast<scalar_t>(
+        pixel_shift_grad<acc_t>(plane, g + (b * sh.s * C + c) * H * W, C * H * W, sh.s, sh.d, H, W, y, xx));
   }
 }
 
@@ -81,8 +75,7 @@ at::Tensor pixel_shift_backward_cuda(const at::Tensor& grad_in, const at::Tensor
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), g = grad_in.contiguous();
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK_VALUE(g.sizes() == at::IntArrayRef({B, sh.s * C, H, W}),
-                    "pixel_shift_products_backward: grad_out must have shape (B, S*C, H, W), got ", g.sizes());
+  check_pixel_shift_grad(x, g, sh.s, "pixel_shift_products_backward: ");
   at::Tensor dx = at::empty_like(x);
   if (dx.numel() == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_shift_products_backward", [&] {

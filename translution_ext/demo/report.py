@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from typing import List, Optional
 
+from .. import _plotting
+
 
 def table(rows: List[dict]) -> str:
     """Accuracy static->static, static->dynamic (any position and whole-patch moves), parameters and
@@ -37,13 +39,9 @@ def write_json(path: str, payload: dict) -> None:
 
 def write_plot(path: str, rows: List[dict], title: str) -> Optional[str]:
     """Grouped bars of static and dynamic accuracy per model; returns why not when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install matplotlib, or the [demo] extra): no PNG written"
+    plt = _plotting.pyplot()
+    if plt is None:
+        return _plotting.MISSING
     names = [r["model"] for r in rows]
     xs = range(len(rows))
     fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
@@ -58,7 +56,5 @@ def write_plot(path: str, rows: List[dict], title: str) -> Optional[str]:
     ax.set_ylim(0, 105)
     ax.set_title(title)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _plotting.save(fig, path)
     return None

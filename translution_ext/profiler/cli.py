@@ -11,14 +11,14 @@ import dataclasses
 import datetime
 import json
 import platform
-import subprocess
 import sys
 from typing import Dict, List, Optional
 
 import torch
 
+from .. import _plotting
 from .cases import BASELINE, OPS, PASS, ROOFLINE, Setting, describe, tokens
-from .measure import PeakMemory, device_name, timed
+from .measure import PeakMemory, WorkerError, device_name, run_json_worker, timed
 
 DEFAULT_LENGTHS = {"relproj": [64, 128, 256], "translution": [64, 128, 256, 512], "acmix": [14, 28],
                    "xvolution": [14, 28, 56]}
@@ -66,12 +66,10 @@ def measure(setting: Setting) -> dict:
 def _in_subprocess(setting: Setting) -> dict:
     cmd = [sys.executable, "-m", "translution_ext", "bench", setting.op, "--worker",
            json.dumps(dataclasses.asdict(setting))]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        return dict(op=setting.op, impl=setting.impl, length=setting.length, tokens=tokens(setting),
-                    error=lines[-1] if lines else f"exit status {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        return run_json_worker(cmd)
+    except WorkerError as e:
+        return dict(op=setting.op, impl=setting.impl, length=setting.length, tokens=tokens(setting), error=str(e))
 
 
 def _fmt(r: dict, ours: Optional[dict]) -> str:
@@ -109,13 +107,9 @@ def summary(op: str, by_impl: Dict[str, dict]) -> str:
 
 def write_plot(path: str, op: str, results: List[dict], title: str) -> Optional[str]:
     """Time and peak memory against tokens, one line per implementation; why not, if matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install matplotlib): no plot written"
+    plt = _plotting.pyplot()
+    if plt is None:
+        return _plotting.MISSING
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
     for impl in OPS[op][1]:
         pts = [r for r in results if r["impl"] == impl and "seconds" in r]
@@ -133,9 +127,7 @@ def write_plot(path: str, op: str, results: List[dict], title: str) -> Optional[
         ax.grid(True, which="both", alpha=0.3)
     ax_t.legend()
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _plotting.save(fig, path)
     return None
 
 

@@ -1,10 +1,12 @@
 """Timing and peak-memory measurement shared by the bench CLI, the demo and bench/ scripts."""
 from __future__ import annotations
 
+import json
 import platform
 import resource
+import subprocess
 import time
-from typing import Callable
+from typing import Callable, List
 
 import torch
 
@@ -63,3 +65,21 @@ def device_name(device: str) -> str:
     except (OSError, StopIteration):
         model = platform.processor() or platform.machine()
     return f"{model}, {torch.get_num_threads()} threads"
+
+
+class WorkerError(RuntimeError):
+    """A measurement process failed; ``stderr`` holds what it printed."""
+
+    def __init__(self, cmd: List[str], returncode: int, stderr: str):
+        lines = stderr.strip().splitlines()
+        super().__init__(lines[-1] if lines else f"exit status {returncode}")
+        self.cmd, self.returncode, self.stderr = cmd, returncode, stderr
+
+
+def run_json_worker(cmd: List[str]) -> dict:
+    """Runs ``cmd`` in a fresh process, so that its peak memory is its own, and returns the
+    JSON object on the last line it prints.  Raises WorkerError when it fails."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise WorkerError(cmd, done.returncode, done.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
