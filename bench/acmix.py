@@ -27,15 +27,14 @@ HEADS, WINDOW = 4, 7
 
 
 def worker(args) -> dict:
-    from translution_ext.acmix_ops import acmix_window_attention
-    from translution_ext.nn.acmix import window_attention_reference
+    from translution_ext.ops.acmix_window_attention import acmix_window_attention, acmix_window_attention_reference
 
     torch.manual_seed(0)
     dev, dtype = args.device, getattr(torch, args.dtype)
     c, hw = CASES[args.case]
     q, k, v = (torch.randn(args.batch, c, hw, hw, device=dev, dtype=dtype, requires_grad=True) for _ in range(3))
     pe = torch.randn(1, c // HEADS, hw, hw, device=dev, dtype=dtype, requires_grad=True)
-    op = acmix_window_attention if args.impl == "native" else window_attention_reference
+    op = acmix_window_attention if args.impl == "native" else acmix_window_attention_reference
     g = torch.randn(args.batch, c, hw, hw, device=dev, dtype=dtype)
 
     def step():

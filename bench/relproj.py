@@ -46,7 +46,7 @@ def make_index(case: str) -> torch.Tensor:
 def worker(args) -> dict:
     """Measures one implementation on one case; prints a JSON line."""
     from translution_ext.ops import relative_offset_projection
-    from translution_ext.reference import relative_offset_projection_gathered
+    from translution_ext.ops.relative_offset_projection import relative_offset_projection_gathered
 
     torch.manual_seed(0)
     dev, dtype = args.device, getattr(torch, args.dtype)

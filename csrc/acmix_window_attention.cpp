@@ -4,7 +4,7 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
-#include "relative_offset_projection.h"  // shape_str
+#include "checks.h"
 
 namespace translution_ext {
 

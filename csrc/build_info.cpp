@@ -1,7 +1,8 @@
 // What this library was compiled with, reported as JSON by the build_info op.
-#include "relative_offset_projection.h"
+#include <torch/library.h>
 
 #include <sstream>
+#include <string>
 
 #ifndef TRANSLUTION_EXT_TORCH_VERSION
 #define TRANSLUTION_EXT_TORCH_VERSION "unknown"
@@ -30,3 +31,5 @@ std::string build_info_json() {
 }
 
 }  // namespace translution_ext
+
+TORCH_LIBRARY_FRAGMENT(translution_ext, m) { m.def("build_info() -> str", &translution_ext::build_info_json); }

@@ -3,17 +3,7 @@
 
 #include <torch/library.h>
 
-#include <sstream>
-
 namespace translution_ext {
-
-std::string shape_str(const at::Tensor& t) {
-  std::ostringstream s;
-  s << "(";
-  for (int64_t d = 0; d < t.dim(); ++d) s << (d ? ", " : "") << t.size(d);
-  s << (t.dim() == 1 ? ",)" : ")");
-  return s.str();
-}
 
 namespace {
 
@@ -199,7 +189,7 @@ PairPlan build_pair_plan(const at::Tensor& index, int64_t num_classes, Projectio
 
 }  // namespace translution_ext
 
-TORCH_LIBRARY(translution_ext, m) {
+TORCH_LIBRARY_FRAGMENT(translution_ext, m) {
   m.def(
       "relative_offset_projection(Tensor x, Tensor weight, Tensor index, str side=\"key\") "
       "-> Tensor");
@@ -209,5 +199,4 @@ TORCH_LIBRARY(translution_ext, m) {
   m.def(
       "relative_offset_projection_grad_weight(Tensor grad_out, Tensor x, Tensor index, "
       "str side, int num_classes) -> Tensor");
-  m.def("build_info() -> str", &translution_ext::build_info_json);
 }

@@ -12,12 +12,9 @@
 #include <c10/macros/Macros.h>
 #include <c10/util/string_view.h>
 
-#include <string>
+#include "checks.h"
 
 namespace translution_ext {
-
-// "(2, 3, 4)": a tensor's shape for error messages.
-std::string shape_str(const at::Tensor& t);
 
 enum class ProjectionSide { Key, Query };
 
@@ -87,8 +84,5 @@ Problem prepare_grad_x(const at::Tensor& grad_out, const at::Tensor& weight,
                        const at::Tensor& index, c10::string_view side);
 Problem prepare_grad_weight(const at::Tensor& grad_out, const at::Tensor& x,
                             const at::Tensor& index, c10::string_view side, int64_t num_classes);
-
-// JSON string describing what this library was compiled with.
-std::string build_info_json();
 
 }  // namespace translution_ext

@@ -3,7 +3,7 @@
 
 #include <torch/library.h>
 
-#include "relative_offset_projection.h"
+#include "checks.h"
 
 namespace translution_ext {
 

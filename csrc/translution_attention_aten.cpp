@@ -2,7 +2,8 @@
 // serves every device: on CPU the work items run in parallel on the thread pool (BLAS
 // GEMMs inside), on CUDA one after another on the current stream (cuBLAS GEMMs, tensor
 // cores for the half types' float accumulation is not used: operands are converted to
-// float first).  Registered for CPU here and for CUDA in cuda/translution_attention_cuda.cu.
+// float first).  Registered for CPU in cpu/translution_attention_cpu.cpp and for CUDA in
+// cuda/translution_attention_cuda.cu.
 //
 // Forward, per block of query rows (one work item each): for every pair group
 // (one q class, one k/v class) the block's pairs gather their token rows and project
@@ -18,7 +19,6 @@
 // torch.use_deterministic_algorithms(True) is set (as for PyTorch's own ops).
 #include <ATen/Parallel.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <limits>
@@ -246,11 +246,6 @@ AttentionGrads attention_backward_aten(
   return {sum_threads(0, o.shared[0]), sum_threads(1, o.shared[1]), sum_threads(2, o.shared[2]),
           sum_threads(3, o.source[0]), sum_threads(4, o.source[1]), sum_threads(5, o.source[2]),
           cast(grad_table[0]), cast(grad_table[1]), cast(grad_table[2])};
-}
-
-TORCH_LIBRARY_IMPL(translution_ext, CPU, m) {
-  m.impl("translution_attention", &attention_forward_aten);
-  m.impl("translution_attention_backward", &attention_backward_aten);
 }
 
 }  // namespace translution_ext

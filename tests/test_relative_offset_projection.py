@@ -8,8 +8,8 @@ import torch
 
 import translution_ext
 from translution_ext import indexing
-from translution_ext.ops import relative_offset_projection
-from translution_ext.reference import (
+from translution_ext.ops.relative_offset_projection import (
+    relative_offset_projection,
     relative_offset_projection_by_class,
     relative_offset_projection_gathered,
 )

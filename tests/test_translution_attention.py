@@ -6,7 +6,7 @@ import torch
 
 import translution_ext
 from translution_ext import indexing
-from translution_ext.fused_attention import _unfused
+from translution_ext.ops.translution_attention import translution_attention_reference
 from translution_ext.ops import translution_attention
 
 from conftest import DEVICES, requires_native
@@ -49,7 +49,7 @@ def differentiable(x, kw):
 def unfused(x, kw):
     parts = [(kw.get(r), x if f"{r}_table" in kw else None, kw.get(f"{r}_table")) for r in "qkv"]
     scale = (D // HEADS) ** -0.5
-    return _unfused(parts, kw["key_index"], kw["query_index"], HEADS, scale, kw["causal"])
+    return translution_attention_reference(parts, kw["key_index"], kw["query_index"], HEADS, scale, kw["causal"])
 
 
 CASES = [("1d", 40), ("1d", 1), ("causal", 5), ("causal", 37), ("2d", (3, 4)), ("2d_cls", (2, 3))]
@@ -58,7 +58,7 @@ CASES = [("1d", 40), ("1d", 1), ("causal", 5), ("causal", 37), ("2d", (3, 4)), (
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("relative", ["qkv", "qk", "qv", "kv", "q", "k", "v"])
 @pytest.mark.parametrize("layout,size", CASES)
-def test_matches_unfused_reference_forward_and_backward(layout, size, relative, device):
+def test_matches_reference_forward_and_backward(layout, size, relative, device):
     # 40 and 37 tokens are not multiples of the 32-row query blocks; causal 5 is shorter than one.
     x, kw = inputs(layout, size, relative, device=device)
     x1, kw1 = differentiable(x, kw)
@@ -210,7 +210,7 @@ def test_mixed_roles_with_their_own_sources(layout, size):
     out = translution_attention(**a, **common)
     assert out.shape == (2, n, HEADS * (4 + e))
     parts = [(b[role], b[f"{role}_source"], b[f"{role}_table"]) for role in "qkv"]
-    ref = _unfused(parts, ix.key, ix.query, HEADS, 0.3, layout == "causal")
+    ref = translution_attention_reference(parts, ix.key, ix.query, HEADS, 0.3, layout == "causal")
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
     grad = torch.randn_like(out)
     out.backward(grad)

@@ -14,6 +14,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "launch.cuh"
+
 #include <limits>
 
 #include "../acmix_window_attention.h"
@@ -183,8 +185,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& q_in, const at
   if (out.numel() == 0) return {out, attn};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "acmix_window_attention", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    acmix_forward_kernel<scalar_t, acc_t>
-        <<<blocks_for(g.B * g.heads * g.Ho * g.Wo), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    launch_kernel<acmix_forward_kernel<scalar_t, acc_t>>(blocks_for(g.B * g.heads * g.Ho * g.Wo), kThreads, 0, at::cuda::getCurrentCUDAStream())(
             q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), pe.data_ptr<scalar_t>(),
             out.data_ptr<scalar_t>(), attn.data_ptr<acc_t>(), g, acc_t(scale));
   });
@@ -211,12 +212,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "acmix_window_attention_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    acmix_backward_centre_kernel<scalar_t, acc_t><<<blocks_for(g.B * g.heads * g.Ho * g.Wo), kThreads, 0, stream>>>(
+    launch_kernel<acmix_backward_centre_kernel<scalar_t, acc_t>>(blocks_for(g.B * g.heads * g.Ho * g.Wo), kThreads, 0, stream)(
         grad.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
         pe.data_ptr<scalar_t>(), attn.data_ptr<acc_t>(), dlogit.data_ptr<acc_t>(), rowsum.data_ptr<acc_t>(),
         dq.data_ptr<acc_t>(), g, acc_t(scale));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    acmix_backward_gather_kernel<scalar_t, acc_t><<<blocks_for(q.numel()), kThreads, 0, stream>>>(
+    launch_kernel<acmix_backward_gather_kernel<scalar_t, acc_t>>(blocks_for(q.numel()), kThreads, 0, stream)(
         grad.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), attn.data_ptr<acc_t>(), dlogit.data_ptr<acc_t>(),
         rowsum.data_ptr<acc_t>(), dk.data_ptr<acc_t>(), dv.data_ptr<acc_t>(), dpe_planes.data_ptr<acc_t>(), g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -227,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(translution_ext, CUDA, m) {
+TORCH_LIBRARY_IMPL(translution_ext, TRANSLUTION_EXT_CUDA_KEY, m) {
   m.impl("acmix_window_attention", &forward_cuda);
   m.impl("acmix_window_attention_backward", &backward_cuda);
 }

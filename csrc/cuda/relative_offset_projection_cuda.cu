@@ -19,6 +19,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "launch.cuh"
+
 #include <climits>
 
 namespace translution_ext::cuda {
@@ -248,7 +250,7 @@ at::Tensor relproj_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
   const dim3 grid(ceil_div(pb.g.B * pb.g.pairs(), kBM) + pb.g.R, ceil_div(pb.g.D, kBN));
   auto stream = at::cuda::getCurrentCUDAStream();
   RELPROJ_DISPATCH(x.scalar_type(), "relproj_forward_cuda", [&] {
-    relproj_forward_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+    launch_kernel<relproj_forward_kernel<scalar_t>>(grid, kThreads, 0, stream)(
         xc.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(),
         plan.class_offsets.const_data_ptr<int64_t>(), plan.by_class.const_data_ptr<int64_t>(),
         tile_offsets.const_data_ptr<int64_t>(), pb.g, pb.result.mutable_data_ptr<scalar_t>());
@@ -268,7 +270,7 @@ at::Tensor relproj_grad_weight_cuda(const at::Tensor& grad_out, const at::Tensor
   const dim3 grid(pb.g.R, ceil_div(pb.g.C, kBM), ceil_div(pb.g.D, kBN));
   auto stream = at::cuda::getCurrentCUDAStream();
   RELPROJ_DISPATCH(grad_out.scalar_type(), "relproj_grad_weight_cuda", [&] {
-    relproj_grad_weight_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+    launch_kernel<relproj_grad_weight_kernel<scalar_t>>(grid, kThreads, 0, stream)(
         go.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
         plan.class_offsets.const_data_ptr<int64_t>(), plan.by_class.const_data_ptr<int64_t>(), pb.g,
         pb.result.mutable_data_ptr<scalar_t>());
@@ -291,7 +293,7 @@ at::Tensor relproj_grad_x_cuda(const at::Tensor& grad_out, const at::Tensor& wei
   const dim3 grid(ceil_div(pb.g.Ns, tokens), ceil_div(pb.g.C, kBN), ceil_div(pb.g.B, batches));
   auto stream = at::cuda::getCurrentCUDAStream();
   RELPROJ_DISPATCH(grad_out.scalar_type(), "relproj_grad_x_cuda", [&] {
-    relproj_grad_x_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+    launch_kernel<relproj_grad_x_kernel<scalar_t>>(grid, kThreads, 0, stream)(
         go.const_data_ptr<scalar_t>(), wc.const_data_ptr<scalar_t>(),
         plan.src_offsets.const_data_ptr<int64_t>(), plan.by_src.const_data_ptr<int64_t>(),
         plan.pair_class.const_data_ptr<int64_t>(), pb.g, tokens,
@@ -303,7 +305,7 @@ at::Tensor relproj_grad_x_cuda(const at::Tensor& grad_out, const at::Tensor& wei
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(translution_ext, CUDA, m) {
+TORCH_LIBRARY_IMPL(translution_ext, TRANSLUTION_EXT_CUDA_KEY, m) {
   m.impl("relative_offset_projection", &relproj_forward_cuda);
   m.impl("relative_offset_projection_grad_x", &relproj_grad_x_cuda);
   m.impl("relative_offset_projection_grad_weight", &relproj_grad_weight_cuda);

@@ -3,6 +3,7 @@
 // cuBLAS on the current stream.  Compiled only in CUDA builds, so a CPU build reports no
 // CUDA kernel for the op.
 #include <c10/cuda/CUDAGuard.h>
+#include "launch.cuh"
 #include <torch/library.h>
 
 #include "../translution_attention.h"
@@ -33,7 +34,7 @@ AttentionGrads attention_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(translution_ext, CUDA, m) {
+TORCH_LIBRARY_IMPL(translution_ext, TRANSLUTION_EXT_CUDA_KEY, m) {
   m.impl("translution_attention", &attention_forward_cuda);
   m.impl("translution_attention_backward", &attention_backward_cuda);
 }

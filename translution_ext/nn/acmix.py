@@ -5,10 +5,9 @@ Spec: acmix.md.  y = rate1 · attention(q, k, v) + rate2 · conv(q, k, v).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..acmix_ops import acmix_window_attention
+from ..ops.acmix_window_attention import acmix_window_attention
 
 
 def position_grid(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
@@ -16,34 +15,6 @@ def position_grid(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
     cols = torch.linspace(-1.0, 1.0, w, device=device, dtype=dtype)[None, :].expand(h, w)
     rows = torch.linspace(-1.0, 1.0, h, device=device, dtype=dtype)[:, None].expand(h, w)
     return torch.stack([cols, rows])[None]
-
-
-def window_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pe: torch.Tensor, heads: int,
-                               window: int, stride: int) -> torch.Tensor:
-    """ACmix's attention path, literally (unfolded windows; small inputs and tests).
-
-    q, k, v: (B, C, H, W) with C = heads·hd (head-major channels); pe: (1, hd, H, W).
-    logit[u] = <q·hd^-1/2, k_pad[u] + pe_centre − pe_pad[u]> over the window positions u
-    (reflection padding of window // 2; q and pe_centre at [::stride, ::stride]),
-    softmax over u, output = Σ_u A[u] v_pad[u]: (B, C, H_out, W_out).
-    """
-    b, c, h, w = q.shape
-    hd = c // heads
-    pad = window // 2
-    h_out, w_out = (h - 1) // stride + 1, (w - 1) // stride + 1
-
-    def windows(t):  # (N, hd, H, W) -> (N, hd, window², H_out, W_out)
-        n = t.shape[0]
-        cols = F.unfold(F.pad(t, (pad, pad, pad, pad), mode="reflect"), window, stride=stride)
-        return cols.view(n, hd, window * window, h_out, w_out)
-
-    q_att = (q.reshape(b * heads, hd, h, w) * hd ** -0.5)[:, :, ::stride, ::stride]
-    pe_centre = pe[:, :, ::stride, ::stride]
-    logits = (q_att.unsqueeze(2) * (windows(k.reshape(b * heads, hd, h, w)) + pe_centre.unsqueeze(2)
-                                    - windows(pe))).sum(1)
-    attn = logits.softmax(dim=1)
-    out = (attn.unsqueeze(1) * windows(v.reshape(b * heads, hd, h, w))).sum(2)
-    return out.reshape(b, c, h_out, w_out)
 
 
 class ACmix(nn.Module):

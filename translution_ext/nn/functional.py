@@ -10,10 +10,14 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from .. import _native, ops, reference
+from .. import _native
 from .._autocast import autocast_inputs
+from ..ops.relative_offset_projection import relative_offset_projection, relative_offset_projection_by_class
+from ..ops.translution_attention import attention_weights, pair_scores, weighted_sum
+
+__all__ = ["BACKENDS", "attention_weights", "backend_unavailable_reason", "combine_scores", "pair_scores",
+           "project_relative", "resolve_backend", "weighted_sum"]
 
 BACKENDS = ("auto", "fused", "native", "reference")
 
@@ -53,44 +57,9 @@ def project_relative(x: torch.Tensor, table: torch.Tensor, index: torch.Tensor, 
                      backend: str) -> torch.Tensor:
     """(B, N, C) x (R, C, D) -> (B, N, N, D) with the given resolved backend."""
     if backend == "native":
-        return ops.relative_offset_projection(x, table, index, side)
+        return relative_offset_projection(x, table, index, side)
     x, table = autocast_inputs(x.device.type, x, table)
-    return reference.relative_offset_projection_by_class(x, table, index, side)
-
-
-def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """(..., H·d) -> (..., H, d)."""
-    return t.unflatten(-1, (heads, t.shape[-1] // heads))
-
-
-def pair_scores(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
-    """<q_ij, k_ij> per head: (B, H, N, N) from shared or relative q and k."""
-    if q.dim() == 3 and k.dim() == 3:  # both shared: an ordinary batched GEMM
-        return torch.einsum("bihd,bjhd->bhij", _heads(q, heads), _heads(k, heads))
-    # A relative operand makes this a per-pair dot product: memory-bound, so a
-    # broadcast multiply and a reduction beat a batched GEMM of 1 x d matrices.
-    q = q[:, :, None] if q.dim() == 3 else q  # shared q_i serves every j
-    k = k[:, None] if k.dim() == 3 else k  # shared k_j serves every i
-    return _heads(q * k, heads).sum(-1).permute(0, 3, 1, 2)
-
-
-def attention_weights(scores: torch.Tensor, causal: bool, dropout: float, training: bool) -> torch.Tensor:
-    """softmax over keys (with the causal mask j > i -> -inf), then dropout."""
-    if causal:
-        n = scores.shape[-1]
-        mask = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
-        scores = scores.masked_fill(mask, float("-inf"))
-    attn = scores.softmax(dim=-1)
-    return F.dropout(attn, dropout, training) if dropout > 0 else attn
-
-
-def weighted_sum(attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """o_i = sum_j a_ij v_ij: (B, H, N, N) with shared or relative v -> (B, N, H·d)."""
-    heads = attn.shape[1]
-    if v.dim() == 3:  # shared: an ordinary batched GEMM
-        return torch.einsum("bhij,bjhd->bihd", attn, _heads(v, heads)).flatten(-2)
-    weights = attn.permute(0, 2, 3, 1)[..., None]  # (B, N, N, H, 1)
-    return (weights * _heads(v, heads)).sum(2).flatten(-2)
+    return relative_offset_projection_by_class(x, table, index, side)
 
 
 def combine_scores(plain: torch.Tensor, relative: Optional[torch.Tensor], alpha: float) -> torch.Tensor:

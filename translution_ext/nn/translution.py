@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ..fused_attention import translution_attention
+from ..ops.translution_attention import translution_attention
 from .functional import attention_weights, pair_scores, project_relative, weighted_sum
 from .relative_block import ROLES, RelativeBlock, new_table
 

@@ -11,7 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..xvolution_ops import pixel_shift_products, shift_offsets, xvolution_fold
+from ..ops.pixel_shift_products import pixel_shift_products, shift_offsets
+from ..ops.xvolution_fold import xvolution_fold
 
 
 def _odd(name: str, k: int) -> None:

@@ -106,7 +106,7 @@ def relproj(s: Setting) -> Workload:
 
     Useful FLOPs: 3 x 2·B·N²·C·D (forward, grad x, grad weight)."""
     from ..ops import relative_offset_projection
-    from ..reference import relative_offset_projection_gathered
+    from ..ops.relative_offset_projection import relative_offset_projection_gathered
 
     ix, n, c = _index(s), tokens(s), s.dim
     flops = 3 * 2 * s.batch * n * n * c * c
@@ -165,8 +165,7 @@ def acmix(s: Setting) -> Workload:
     """ACmix's windowed attention with the position term (stride 1), forward + backward.
 
     Useful FLOPs: 3 x 4·B·H·W·window²·C (logits and aggregation)."""
-    from ..acmix_ops import acmix_window_attention
-    from ..nn.acmix import window_attention_reference
+    from ..ops.acmix_window_attention import acmix_window_attention, acmix_window_attention_reference
 
     hw, c, u = tokens(s), s.dim, s.window * s.window
     flops = 3 * 4 * s.batch * hw * u * c
@@ -178,7 +177,7 @@ def acmix(s: Setting) -> Workload:
     q, k, v = (torch.randn(s.batch, c, s.length, s.length, device=s.device, dtype=dt, requires_grad=True)
                for _ in range(3))
     pe = torch.randn(1, c // s.heads, s.length, s.length, device=s.device, dtype=dt, requires_grad=True)
-    op = acmix_window_attention if s.impl == "ours" else window_attention_reference
+    op = acmix_window_attention if s.impl == "ours" else acmix_window_attention_reference
     g = torch.randn_like(q)
     return Workload(_backward_step(lambda: op(q, k, v, pe, s.heads, s.window, 1), g, (q, k, v, pe)), flops)
 

@@ -1,4 +1,5 @@
-"""X-volution: T(X) op, folding routine, module re-parameterisation."""
+"""X-volution modules: re-parameterisation (deployed = training eval output), whole-model conversion,
+errors, and the exact-SA variant."""
 from __future__ import annotations
 
 import random
@@ -8,80 +9,6 @@ import torch
 
 import translution_ext
 from translution_ext.nn import XVolution
-from translution_ext.xvolution_ops import (pixel_shift_products, pixel_shift_products_reference, shift_offsets,
-                                           xvolution_fold_reference)
-
-from conftest import DEVICES, assert_close_to_reference, requires_native
-
-
-def test_shift_offsets():
-    assert shift_offsets((1,)) == [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
-    assert shift_offsets((1, 2))[8:] == [(2 * dy, 2 * dx) for dy, dx in shift_offsets((1,))]
-    with pytest.raises(ValueError, match="shift_lengths must be a non-empty sequence of positive ints"):
-        shift_offsets((0,))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("lengths,shape", [((1,), (2, 3, 5, 4)), ((1, 2), (1, 2, 7, 9)), ((3,), (2, 1, 2, 2))])
-def test_pixel_shift_products_match_reference(device, dtype, lengths, shape):
-    torch.manual_seed(0)
-    shifts = shift_offsets(lengths)
-    x = torch.randn(shape, dtype=torch.float64, device=device)
-    exact = pixel_shift_products_reference(x, shifts)
-    xd = x.to(dtype).clone().requires_grad_()
-    out = pixel_shift_products(xd, shifts)
-    assert out.shape == (shape[0], 8 * len(lengths) * shape[1], shape[2], shape[3])
-    assert_close_to_reference(out, exact, pixel_shift_products_reference(x.to(dtype), shifts))
-    g = torch.randn_like(exact)
-    xr = x.clone().requires_grad_()
-    pixel_shift_products_reference(xr, shifts).backward(g)
-    out.backward(g.to(dtype))
-    xs = x.to(dtype).clone().requires_grad_()
-    pixel_shift_products_reference(xs, shifts).backward(g.to(dtype))
-    assert_close_to_reference(xd.grad, xr.grad, xs.grad)
-
-
-@requires_native
-def test_pixel_shift_gradcheck_and_opcheck():
-    x = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
-    shifts = shift_offsets((1, 2))
-    assert torch.autograd.gradcheck(lambda t: pixel_shift_products(t, shifts), (x,))
-    flat = [v for p in shifts for v in p]
-    torch.library.opcheck(torch.ops.translution_ext.pixel_shift_products.default, (x.float(), flat))
-
-
-@requires_native
-def test_pixel_shift_compile():
-    torch._dynamo.reset()
-    x = torch.randn(1, 2, 5, 5, requires_grad=True)
-    shifts = shift_offsets((1,))
-    f = torch.compile(lambda t: pixel_shift_products(t, shifts).square().sum(), fullgraph=True, backend="aot_eager")
-    (g,) = torch.autograd.grad(f(x), x)
-    (g_ref,) = torch.autograd.grad(pixel_shift_products_reference(x, shifts).square().sum(), x)
-    torch.testing.assert_close(g, g_ref)
-
-
-@pytest.mark.parametrize("bad,match", [
-    (torch.randn(3, 4, 5), r"x must be a 4-D tensor \(B, C, H, W\)"),
-    (torch.randint(0, 3, (1, 1, 3, 3)), "x must have dtype float16, bfloat16, float32 or float64"),
-])
-def test_pixel_shift_errors(bad, match):
-    with pytest.raises((ValueError, TypeError), match=match):
-        pixel_shift_products(bad, shift_offsets())
-
-
-@requires_native
-@pytest.mark.parametrize("device", DEVICES)
-def test_pixel_shift_backward_checks_grad_out(device):
-    x = torch.randn(2, 3, 4, 5, device=device)
-    flat = [v for shift in shift_offsets() for v in shift]
-    backward = torch.ops.translution_ext.pixel_shift_products_backward
-    with pytest.raises(ValueError, match=r"grad_out must have shape \(B, S\*C, H, W\) = \(2, 24, 4, 5\), got "
-                                         r"\(2, 3, 4, 5\)"):
-        backward(x, x, flat)
-    with pytest.raises(TypeError, match=r"grad_out must have the dtype of x \(Float\), got Double"):
-        backward(torch.zeros(2, 24, 4, 5, dtype=torch.float64, device=device), x, flat)
 
 
 def randomize_bn_(module: torch.nn.Module, g: torch.Generator) -> None:
@@ -162,23 +89,6 @@ def test_errors():
         XVolution(2, 2, 3, pssa_kernel_size=5)
     with pytest.raises(ValueError, match=r"x must have shape \(B, 2, H, W\)"):
         model(torch.randn(1, 3, 4, 4))
-
-
-@requires_native
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_native_fold_matches_reference(dtype):
-    g = torch.Generator().manual_seed(0)
-    weights = [torch.randn(4, 3, 3, 3, generator=g, dtype=dtype), torch.randn(4, 24, 1, 1, generator=g, dtype=dtype)]
-    stats = [[torch.rand(4, generator=g, dtype=dtype) + 0.5 for _ in weights] for _ in range(4)]
-    args = (weights, *stats, [1e-5, 1e-3], [0, 3], 27, 3)
-    native = torch.ops.translution_ext.xvolution_fold(*args)
-    ref = xvolution_fold_reference(*args)
-    for a, b in zip(native, ref):
-        torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="every branch kernel must be odd and at most kernel_size = 1"):
-        torch.ops.translution_ext.xvolution_fold(weights, *stats, [1e-5, 1e-3], [0, 3], 27, 1)
-    with pytest.raises(ValueError, match=r"reads input channels \[3, 27\) outside in_channels = 20"):
-        torch.ops.translution_ext.xvolution_fold(weights, *stats, [1e-5, 1e-3], [0, 3], 20, 3)
 
 
 @pytest.mark.parametrize("stride,heads,hw", [(1, 1, (5, 6)), (2, 2, (7, 6)), (3, 4, (6, 8))])

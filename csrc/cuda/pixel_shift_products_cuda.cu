@@ -6,7 +6,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "../pixel_shift.h"
+#include "launch.cuh"
+
+#include "../pixel_shift_products.h"
 
 namespace translution_ext {
 
@@ -63,7 +65,7 @@ at::Tensor pixel_shift_forward_cuda(const at::Tensor& x_in, at::IntArrayRef shif
   at::Tensor out = at::empty({B, sh.s * C, H, W}, x.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_shift_products", [&] {
-    pixel_shift_forward_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    launch_kernel<pixel_shift_forward_kernel<scalar_t>>(blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream())(
         x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), B, C, H, W, sh);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -79,7 +81,7 @@ at::Tensor pixel_shift_backward_cuda(const at::Tensor& grad_in, const at::Tensor
   at::Tensor dx = at::empty_like(x);
   if (dx.numel() == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_shift_products_backward", [&] {
-    pixel_shift_backward_kernel<scalar_t><<<blocks_for(dx.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    launch_kernel<pixel_shift_backward_kernel<scalar_t>>(blocks_for(dx.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream())(
         g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), B, C, H, W, sh);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -88,7 +90,7 @@ at::Tensor pixel_shift_backward_cuda(const at::Tensor& grad_in, const at::Tensor
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(translution_ext, CUDA, m) {
+TORCH_LIBRARY_IMPL(translution_ext, TRANSLUTION_EXT_CUDA_KEY, m) {
   m.impl("pixel_shift_products", &pixel_shift_forward_cuda);
   m.impl("pixel_shift_products_backward", &pixel_shift_backward_cuda);
 }

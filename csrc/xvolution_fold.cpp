@@ -1,13 +1,9 @@
-// X-volution: the schemas of the pixel-shift products T(X) and the folding routine that
-// re-parameterises the training branches into one convolution (spec: xvolution.md).
-//
-//   T(X)[b, s*C + c, y, x] = X[b, c, y, x] * X[b, c, y + dy_s, x + dx_s]   (0 outside)
-//
-// The folding routine is ATen arithmetic on small weight tensors, registered once for
+// X-volution's folding routine: re-parameterises the training branches into one
+// convolution (spec: xvolution.md).  The routine is ATen arithmetic on small weight tensors, registered once for
 // every device (CompositeExplicitAutograd).
 #include <torch/library.h>
 
-#include "relative_offset_projection.h"
+#include "checks.h"
 
 namespace translution_ext {
 
@@ -68,8 +64,6 @@ std::tuple<at::Tensor, at::Tensor> xvolution_fold(at::TensorList weights, at::Te
 }  // namespace translution_ext
 
 TORCH_LIBRARY_FRAGMENT(translution_ext, m) {
-  m.def("pixel_shift_products(Tensor x, int[] shifts) -> Tensor");
-  m.def("pixel_shift_products_backward(Tensor grad_out, Tensor x, int[] shifts) -> Tensor");
   m.def(
       "xvolution_fold(Tensor[] weights, Tensor[] gammas, Tensor[] betas, Tensor[] means, Tensor[] vars, "
       "float[] eps, int[] in_offsets, int in_channels, int kernel_size) -> (Tensor, Tensor)");
@@ -78,27 +72,3 @@ TORCH_LIBRARY_FRAGMENT(translution_ext, m) {
 TORCH_LIBRARY_IMPL(translution_ext, CompositeExplicitAutograd, m) {
   m.impl("xvolution_fold", &translution_ext::xvolution_fold);
 }
-
-namespace translution_ext {
-
-std::vector<int64_t> check_pixel_shift(const at::Tensor& x, at::IntArrayRef shifts, const char* op) {
-  TORCH_CHECK_VALUE(x.dim() == 4, op, "x must be a 4-D tensor (B, C, H, W), got shape ", shape_str(x));
-  const auto t = x.scalar_type();
-  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op,
-                   "x must have dtype float16, bfloat16, float32 or float64, got ", t);
-  TORCH_CHECK_VALUE(!shifts.empty() && shifts.size() % 2 == 0, op,
-                    "shifts must be a non-empty flat list of (dy, dx) pairs, got ", shifts.size(), " values");
-  return shifts.vec();
-}
-
-void check_pixel_shift_grad(const at::Tensor& x, const at::Tensor& grad_out, int64_t num_shifts, const char* op) {
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({B, num_shifts * C, H, W}), op,
-                    "grad_out must have shape (B, S*C, H, W) = (", B, ", ", num_shifts * C, ", ", H, ", ", W,
-                    "), got ", shape_str(grad_out));
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == x.scalar_type(), op, "grad_out must have the dtype of x (",
-                   x.scalar_type(), "), got ", grad_out.scalar_type());
-  TORCH_CHECK_VALUE(grad_out.device() == x.device(), op, "grad_out must be on x's device (", x.device(), ")");
-}
-
-}  // namespace translution_ext

@@ -4,7 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "../pixel_shift.h"
+#include "../pixel_shift_products.h"
 
 namespace translution_ext {
 

@@ -1,22 +1,63 @@
-"""Operators of translution_ext.
+"""The relative-offset projection: Python entry, pure-PyTorch references, fake kernels, autograd.
 
-Every op runs the native kernel registered for the input's device when the
-compiled library provides one, and the pure-PyTorch reference otherwise.
+C++: csrc/relative_offset_projection.{h,cpp} (schemas, checks, pair plan),
+csrc/cpu/relative_offset_projection_cpu.cpp, csrc/cuda/relative_offset_projection_cuda.cu.
+
+Two pure-PyTorch forms:
+
+* :func:`relative_offset_projection_gathered` follows the definition (and the
+  authors' code) literally: it gathers an (Nq, Nk, C, D) weight tensor.  Only
+  for tests on small shapes and as the benchmark's "reference approach".
+* :func:`relative_offset_projection_by_class` projects every token with every
+  table row, (B, N, R, D), then picks the row each pair needs.  It never builds
+  the gathered weights; it is the fallback when the native kernels cannot run.
 """
 from __future__ import annotations
 
 import torch
 
-from . import _native
-from ._autocast import autocast_inputs
-from .reference import relative_offset_projection_by_class
+from .. import _native
+from .._autocast import autocast_inputs
 
-__all__ = ["relative_offset_projection", "translution_attention"]
+__all__ = ["relative_offset_projection", "relative_offset_projection_by_class", "relative_offset_projection_gathered"]
 
 _SIDES = ("key", "query")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INDEX_DTYPES = (torch.int64, torch.int32)
 _OP = "relative_offset_projection: "
+
+
+def _source_positions(index: torch.Tensor, side: str) -> torch.Tensor:
+    """(Nq, Nk) int64: the token of x that pair (i, j) reads (j for key, i for query)."""
+    nq, nk = index.shape
+    if side == "key":
+        return torch.arange(nk, device=index.device).expand(nq, nk)
+    return torch.arange(nq, device=index.device)[:, None].expand(nq, nk)
+
+
+def relative_offset_projection_gathered(
+    x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, side: str = "key"
+) -> torch.Tensor:
+    """out[b, i, j] = x[b, src(i, j)] @ weight[index[i, j]], via gathered weights.
+
+    x: (B, N, C), weight: (R, C, D), index: (Nq, Nk) -> (B, Nq, Nk, D).
+    Memory O(Nq·Nk·C·D): small shapes only.
+    """
+    w = weight[index.long()]  # (Nq, Nk, C, D)
+    if side == "key":
+        return torch.einsum("bjc,ijcd->bijd", x, w)
+    return torch.einsum("bic,ijcd->bijd", x, w)
+
+
+def relative_offset_projection_by_class(
+    x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, side: str = "key"
+) -> torch.Tensor:
+    """Same result as the gathered form with memory O(B·N·R·D).
+
+    x: (B, N, C), weight: (R, C, D), index: (Nq, Nk) -> (B, Nq, Nk, D).
+    """
+    projected = torch.einsum("bnc,rcd->bnrd", x, weight)  # every token x every table row
+    return projected[:, _source_positions(index, side), index.long()]
 
 
 def _check_args(x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, side: str) -> None:
@@ -149,6 +190,3 @@ def _register_native() -> None:
 
 if _native.has_native():
     _register_native()
-
-
-from .fused_attention import translution_attention  # noqa: E402  (registers its op on import)

@@ -1,0 +1,116 @@
+"""The acmix_window_attention op: CPU and CUDA kernels against the float64 reference, gradcheck,
+opcheck, torch.compile, saved memory and argument errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from translution_ext.nn import ACmix
+from translution_ext.ops.acmix_window_attention import acmix_window_attention, acmix_window_attention_reference
+
+from conftest import DEVICES, assert_close_to_reference, requires_native
+
+
+
+def op_inputs(b=2, heads=2, hd=3, h=7, w=6, dtype=torch.float64, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, heads * hd, h, w, generator=g, dtype=dtype) for _ in range(3))
+    pe = torch.randn(1, hd, h, w, generator=g, dtype=dtype)
+    return [t.to(device) for t in (q, k, v, pe)]
+
+
+def _grads(fn, inputs, grad):
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    fn(*leaves).backward(grad)
+    return [t.grad for t in leaves]
+
+
+@requires_native
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("window,stride", [(7, 1), (3, 2), (5, 2), (1, 1), (3, 3)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_op_matches_reference_per_dtype(device, window, stride, dtype):
+    """Output and all four gradients against the float64 reference, per dtype (CPU and CUDA kernels)."""
+    q, k, v, pe = op_inputs(device=device)
+    exact = acmix_window_attention_reference(q, k, v, pe, 2, window, stride)
+    low = [t.to(dtype) for t in (q, k, v, pe)]
+    assert_close_to_reference(acmix_window_attention(*low, 2, window, stride), exact,
+                              acmix_window_attention_reference(*low, 2, window, stride))
+    g = torch.randn_like(exact)
+    exact_grads = _grads(lambda *t: acmix_window_attention_reference(*t, 2, window, stride), (q, k, v, pe), g)
+    ref_grads = _grads(lambda *t: acmix_window_attention_reference(*t, 2, window, stride), low, g.to(dtype))
+    op_grads = _grads(lambda *t: acmix_window_attention(*t, 2, window, stride), low, g.to(dtype))
+    for ours, exact_g, ref_g in zip(op_grads, exact_grads, ref_grads):
+        assert ours.dtype == dtype
+        assert_close_to_reference(ours, exact_g, ref_g)
+
+
+@requires_native
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("window,stride", [(3, 1), (5, 2)])
+def test_op_gradcheck_and_opcheck(device, window, stride):
+    q, k, v, pe = (t.requires_grad_() for t in op_inputs(b=1, hd=2, h=5, w=4, device=device))
+    assert torch.autograd.gradcheck(lambda *t: acmix_window_attention(*t, 2, window, stride), (q, k, v, pe))
+    args = (q.float(), k.float(), v.float(), pe[0].float(), 2, window, stride, 0.7)
+    torch.library.opcheck(torch.ops.translution_ext.acmix_window_attention.default, args)
+
+
+@requires_native
+@pytest.mark.parametrize("device", DEVICES)
+def test_op_is_deterministic_and_handles_empty_batches(device):
+    q, k, v, pe = (t.float().requires_grad_() for t in op_inputs(b=2, h=9, w=8, device=device))
+    runs = []
+    for _ in range(2):
+        out = acmix_window_attention(q, k, v, pe, 2, 7, 1)
+        runs.append([out, *torch.autograd.grad(out.square().sum(), (q, k, v, pe))])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    empty = [t.detach()[:0] if i < 3 else t.detach() for i, t in enumerate((q, k, v, pe))]
+    assert acmix_window_attention(*empty, 2, 7, 1).shape == (0, 6, 9, 8)
+
+
+@requires_native
+def test_backward_op_checks_its_arguments():
+    q, k, v, pe = op_inputs(dtype=torch.float32)
+    out, attn = torch.ops.translution_ext.acmix_window_attention(q, k, v, pe[0], 2, 3, 1, 0.5)
+    backward = torch.ops.translution_ext.acmix_window_attention_backward
+    with pytest.raises(TypeError, match="attn must have dtype Float"):
+        backward(out, q, k, v, pe[0], attn.double(), 2, 3, 1, 0.5)
+    with pytest.raises(ValueError, match=r"grad_out must have shape \(2, 6, 7, 6\)"):
+        backward(out[:, :, :3], q, k, v, pe[0], attn, 2, 3, 1, 0.5)
+    with pytest.raises(ValueError, match=r"attn must have shape \(B, heads, window²"):
+        backward(out, q, k, v, pe[0], attn[:, :, :4], 2, 3, 1, 0.5)
+
+
+@requires_native
+def test_op_compile_and_memory():
+    torch._dynamo.reset()
+    block = ACmix(8, 8, head=2)
+    x = torch.randn(2, 8, 9, 9, requires_grad=True)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), block(x))
+    # autograd keeps the softmax weights (B, heads, 49, H, W), never a (B, C, 49, H, W) unfold
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(x)
+    assert sum(storages.values()) < 2 * 8 * 49 * 81 * 4
+
+
+@requires_native
+@pytest.mark.parametrize("change,match", [
+    (lambda a: a.update(k=a["k"][:, :, :5]), r"k must have the shape of q"),
+    (lambda a: a.update(heads=4), "heads must divide C == 6"),
+    (lambda a: a.update(window=4), "window must be a positive odd int"),
+    (lambda a: a.update(pe=a["pe"][:, :2]), r"pe must have shape \(hd, H, W\) = \(3, 7, 6\)"),
+])
+def test_op_errors(change, match):
+    q, k, v, pe = op_inputs()
+    args = dict(q=q, k=k, v=v, pe=pe, heads=2, window=3, stride=1)
+    change(args)
+    with pytest.raises(ValueError, match=match):
+        acmix_window_attention(**args)

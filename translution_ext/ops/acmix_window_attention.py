@@ -1,0 +1,98 @@
+"""ACmix's attention path as one op: windowed attention with the relative position term.
+
+Spec: acmix.md.  C++: csrc/acmix_window_attention.{h,cpp} (schemas, checks),
+csrc/cpu/acmix_window_attention_cpu.cpp, csrc/cuda/acmix_window_attention_cuda.cu.
+The native kernels never unfold k, v or the position term; devices without them run
+:func:`acmix_window_attention_reference`.
+"""
+from __future__ import annotations
+
+import torch
+
+import torch.nn.functional as F
+
+from .. import _native
+from .._autocast import autocast_inputs
+
+__all__ = ["acmix_window_attention", "acmix_window_attention_reference"]
+
+
+def acmix_window_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pe: torch.Tensor, heads: int,
+                                     window: int, stride: int) -> torch.Tensor:
+    """ACmix's attention path, literally (unfolded windows; small inputs and tests).
+
+    q, k, v: (B, C, H, W) with C = heads·hd (head-major channels); pe: (1, hd, H, W).
+    logit[u] = <q·hd^-1/2, k_pad[u] + pe_centre − pe_pad[u]> over the window positions u
+    (reflection padding of window // 2; q and pe_centre at [::stride, ::stride]),
+    softmax over u, output = Σ_u A[u] v_pad[u]: (B, C, H_out, W_out).
+    """
+    b, c, h, w = q.shape
+    hd = c // heads
+    pad = window // 2
+    h_out, w_out = (h - 1) // stride + 1, (w - 1) // stride + 1
+
+    def windows(t):  # (N, hd, H, W) -> (N, hd, window², H_out, W_out)
+        n = t.shape[0]
+        cols = F.unfold(F.pad(t, (pad, pad, pad, pad), mode="reflect"), window, stride=stride)
+        return cols.view(n, hd, window * window, h_out, w_out)
+
+    q_att = (q.reshape(b * heads, hd, h, w) * hd ** -0.5)[:, :, ::stride, ::stride]
+    pe_centre = pe[:, :, ::stride, ::stride]
+    logits = (q_att.unsqueeze(2) * (windows(k.reshape(b * heads, hd, h, w)) + pe_centre.unsqueeze(2)
+                                    - windows(pe))).sum(1)
+    attn = logits.softmax(dim=1)
+    out = (attn.unsqueeze(1) * windows(v.reshape(b * heads, hd, h, w))).sum(2)
+    return out.reshape(b, c, h_out, w_out)
+
+
+def acmix_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pe: torch.Tensor, heads: int,
+                           window: int, stride: int = 1) -> torch.Tensor:
+    """Local window attention of ACmix.
+
+    Args:
+        q, k, v: (B, C, H, W), C = heads·hd, head-major channels.
+        pe: (1, hd, H, W) or (hd, H, W), the projected position grid (shared by heads).
+        heads: Nh.  window: ka (odd).  stride: s.
+
+    Returns:
+        (B, C, ceil(H / s), ceil(W / s)); differentiable in q, k, v and pe.
+    """
+    q, k, v, pe = autocast_inputs(q.device.type, q, k, v, pe)
+    if q.device.type not in _native.ACMIX_DEVICE_TYPES:
+        return acmix_window_attention_reference(q, k, v, pe if pe.dim() == 4 else pe[None], heads, window, stride)
+    scale = (q.shape[1] // heads) ** -0.5 if heads > 0 else 1.0  # the kernel checks heads | C
+    out, _ = torch.ops.translution_ext.acmix_window_attention(
+        q, k, v, pe[0] if pe.dim() == 4 else pe, heads, window, stride, scale)
+    return out
+
+
+def _register() -> None:
+    lib = "translution_ext::"
+
+    @torch.library.register_fake(lib + "acmix_window_attention")
+    def _(q, k, v, pe, heads, window, stride, scale):
+        b, c, h, w = q.shape
+        ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+        acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+        return q.new_empty((b, c, ho, wo)), q.new_empty((b, heads, window * window, ho, wo), dtype=acc)
+
+    @torch.library.register_fake(lib + "acmix_window_attention_backward")
+    def _(grad_out, q, k, v, pe, attn, heads, window, stride, scale):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(pe)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, pe, heads, window, stride, scale = inputs
+        ctx.meta = (heads, window, stride, scale)
+        ctx.save_for_backward(q, k, v, pe, output[1])
+
+    def backward(ctx, grad_out, _grad_attn):
+        q, k, v, pe, attn = ctx.saved_tensors
+        grads = torch.ops.translution_ext.acmix_window_attention_backward(grad_out.contiguous(), q, k, v, pe, attn,
+                                                                          *ctx.meta)
+        return (*grads, None, None, None, None)
+
+    torch.library.register_autograd(lib + "acmix_window_attention", backward, setup_context=setup_context)
+
+
+if _native.ACMIX_DEVICE_TYPES:
+    _register()
