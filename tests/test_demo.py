@@ -1,13 +1,18 @@
 """The Dynamic-MNIST demo: data placement, the IDX reader, and end-to-end runs."""
 import gzip
 import json
+import os
+import stat
 import struct
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 
 from translution_ext.__main__ import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from translution_ext.demo import data, models
 from translution_ext.demo.progress import Progress
 
@@ -131,6 +136,31 @@ def test_demo_quick_on_sklearn_digits(tmp_path, capsys):
     assert result["xvolution_deployment"] is None
 
 
+def test_demo_records_which_kernels_ran(tmp_path, capsys):
+    import translution_ext
+    from translution_ext import _native
+
+    status = main(["demo", "--epochs", "1", "--limit-train", "16", "--limit-test", "8", "--batch-size", "8",
+                   "--models", "vit_attention", "vit_alpha", "cnn_acmix", "--out", str(tmp_path)])
+    assert status == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "results.json").read_text())
+    native = result["native"]
+    assert native["loaded"] == translution_ext.has_native() and result["device"] == "cpu"
+    kernels = {r["model"]: r["kernels"] for r in result["results"]}
+    assert kernels["vit_attention"] == {"Attention": "torch"}
+    if native["loaded"]:
+        assert native["library"] and f"native kernels: loaded from {native['library']}" in printed
+        assert kernels["vit_alpha"] == {"AlphaTranslution": "fused" if "cpu" in _native.FUSED_DEVICE_TYPES else
+                                        "native"}
+        assert kernels["cnn_acmix"] == {"ACmix": "native"}
+    else:
+        assert "native kernels: NOT loaded" in printed
+        assert kernels["vit_alpha"] == {"AlphaTranslution": "reference"}
+        assert kernels["cnn_acmix"] == {"ACmix": "reference"}
+    assert "AlphaTranslution: " + kernels["vit_alpha"]["AlphaTranslution"] in printed
+
+
 def test_demo_argument_errors(tmp_path):
     with pytest.raises(SystemExit, match="--root"):
         main(["demo", "--data", "mnist", "--out", str(tmp_path)])
@@ -155,3 +185,40 @@ def test_check_deployment_catches_a_difference(monkeypatch):
 
     monkeypatch.setattr(run, "reparameterize_model", broken)
     assert not run.check_deployment(model, images, torch.device("cpu"), 4)["equal"]
+
+
+STUB_PYTHON3 = """#!/bin/sh
+# python3 -m venv DIR: a venv whose pip does nothing and whose python records where it ran, and how.
+mkdir -p "$3/bin"
+printf '#!/bin/sh\\nexit 0\\n' > "$3/bin/pip"
+printf '#!/bin/sh\\npwd > "%s/cwd"\\nprintf "%%s\\\\n" "$@" > "%s/args"\\n' "$3" "$3" > "$3/bin/python"
+chmod +x "$3/bin/pip" "$3/bin/python"
+"""
+
+
+def run_demo_script(tmp_path, *args):
+    """Runs scripts/demo.sh from tmp_path/caller with a stub python3; returns (cwd, argv) of the demo."""
+    bin_dir, venv, caller = tmp_path / "bin", tmp_path / "venv", tmp_path / "caller"
+    for d in (bin_dir, caller):
+        d.mkdir(exist_ok=True)
+    stub = bin_dir / "python3"
+    stub.write_text(STUB_PYTHON3)
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", VENV=str(venv))
+    subprocess.run(["bash", os.path.join(ROOT, "scripts", "demo.sh"), *args], cwd=caller, env=env, check=True)
+    return (venv / "cwd").read_text().strip(), (venv / "args").read_text().splitlines()
+
+
+def test_demo_script_runs_the_installed_package_outside_the_checkout(tmp_path):
+    cwd, argv = run_demo_script(tmp_path, "--quick")
+    # Not the checkout (whose ./translution_ext would shadow the installed package), nor the caller's folder.
+    assert not os.path.exists(os.path.join(cwd, "translution_ext")) and cwd != str(tmp_path / "caller")
+    assert argv[:4] == ["-m", "translution_ext", "demo", "--out"]
+    assert argv[4] == str(tmp_path / "caller" / "translution_demo") and argv[5:] == ["--quick"]
+
+
+def test_demo_script_keeps_paths_relative_to_the_caller(tmp_path):
+    _, argv = run_demo_script(tmp_path, "--out", "mine", "--data", "mnist", "--root=digits", "--limit-test", "8")
+    caller = tmp_path / "caller"
+    assert argv[-7:] == ["--out", str(caller / "mine"), "--data", "mnist", f"--root={caller / 'digits'}",
+                         "--limit-test", "8"]

@@ -66,6 +66,22 @@ def test_missing_library_falls_back_with_one_warning(tmp_path):
     assert result["shape"] == [2, 4, 4, 5]
 
 
+def test_source_tree_shadowing_an_installed_copy_says_so(tmp_path):
+    # The checkout's source folder (no library) sits in the current directory, which Python
+    # searches first; an installed copy with the library is further down sys.path.
+    src = os.path.dirname(translution_ext.__file__)
+    shutil.copytree(src, tmp_path / "checkout" / "translution_ext", ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+    installed = tmp_path / "site" / "translution_ext"
+    installed.mkdir(parents=True)
+    (installed / "_C.abi3.so").write_bytes(b"")  # only its presence is checked: the copy is never imported
+    result = run_probe({"TRANSLUTION_EXT_DISABLE_NATIVE": "0"}, cwd=tmp_path / "checkout",
+                       pythonpath=str(tmp_path / "site"))
+    assert result["native"] is False and len(result["warnings"]) == 1
+    warning = result["warnings"][0]
+    assert "shadows the installed translution_ext in " + str(installed) in warning
+    assert "run from another directory" in warning and "pip install" not in warning
+
+
 def test_info_command_reports_backends():
     import subprocess
     import sys

@@ -7,22 +7,55 @@ Set ``TRANSLUTION_EXT_DISABLE_NATIVE=1`` to force the reference path.
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.metadata
 import json
 import os
+import sys
 import warnings
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import torch
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def _library_path() -> Optional[str]:
+def _library_path(package_dir: str = _PACKAGE_DIR) -> Optional[str]:
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = os.path.join(_PACKAGE_DIR, "_C" + suffix)
+        path = os.path.join(package_dir, "_C" + suffix)
         if os.path.exists(path):
             return path
     return None
+
+
+def _other_copies_with_library() -> List[str]:
+    """Folders of other translution_ext copies that hold a compiled library: on sys.path
+    behind this one, or where pip installed the distribution."""
+    folders = [os.path.join(os.path.abspath(entry or os.curdir), "translution_ext") for entry in sys.path]
+    try:
+        dist = importlib.metadata.distribution("translution_ext")
+        folders += [os.path.dirname(os.path.abspath(str(dist.locate_file(f)))) for f in dist.files or ()
+                    if f.name.startswith("_C") and f.parent.name == "translution_ext"]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    own = os.path.realpath(_PACKAGE_DIR)
+    found: List[str] = []
+    for folder in folders:
+        if os.path.realpath(folder) != own and folder not in found and _library_path(folder):
+            found.append(folder)
+    return found
+
+
+def _missing_library_reason() -> str:
+    """Why there is no library here, and what to do: a source folder that shadows an installed
+    copy (Python puts the current directory first on sys.path) needs a change of directory."""
+    reason = f"no compiled library translution_ext/_C in {_PACKAGE_DIR}"
+    others = _other_copies_with_library()
+    if others:
+        return (f"{reason}: this copy (a source tree in the current directory or on PYTHONPATH) shadows the "
+                f"installed translution_ext in {others[0]}, which has it; run from another directory (Python "
+                "imports the current directory's translution_ext first) or take this folder off PYTHONPATH")
+    return (f"{reason} (build it in place with `python setup.py build_ext --inplace`, or install it with "
+            "`pip install .` and run from outside the source tree)")
 
 
 def _load() -> Optional[str]:
@@ -31,10 +64,7 @@ def _load() -> Optional[str]:
         return "disabled by TRANSLUTION_EXT_DISABLE_NATIVE=1"
     path = _library_path()
     if path is None:
-        return (
-            f"no compiled library translution_ext/_C in {_PACKAGE_DIR} (build it with "
-            "`pip install .` or `python setup.py build_ext --inplace`)"
-        )
+        return _missing_library_reason()
     try:
         torch.ops.load_library(path)
     except (OSError, RuntimeError) as err:
@@ -87,13 +117,14 @@ ACMIX_DEVICE_TYPES: frozenset[str] = _device_types("acmix_window_attention", "ac
 def build_info() -> dict[str, Any]:
     """What was compiled and what runs here.
 
-    Keys: ``native`` (library loaded), ``load_error`` (why not, or None),
+    Keys: ``native`` (library loaded), ``load_error`` (why not, or None), ``library`` (its path),
     ``torch_runtime`` and, when loaded, ``torch_version`` (built against),
     ``cpu``, ``cuda`` (CUDA kernels compiled), ``cuda_version``, ``cuda_archs``.
     """
     info: dict[str, Any] = {
         "native": LOAD_ERROR is None,
         "load_error": LOAD_ERROR,
+        "library": _library_path() if LOAD_ERROR is None else None,
         "torch_runtime": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
         "native_device_types": sorted(NATIVE_DEVICE_TYPES),

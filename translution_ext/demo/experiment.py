@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import torch
 
-from .. import __version__, reparameterize_model
+from .. import __version__, _native, reparameterize_model
 from ..profiler.measure import device_name
 from . import data, models, report, training
 
@@ -79,6 +79,21 @@ def check_deployment(model: torch.nn.Module, images: torch.Tensor, device: torch
                 deployed_latency_ms=training.latency_ms(deployed, batch))
 
 
+def native_status() -> dict:
+    """Whether the compiled kernels are loaded (and from where), for the log and results.json."""
+    info = _native.build_info()
+    return dict(loaded=info["native"], library=info["library"], load_error=info["load_error"],
+                device_types=info["native_device_types"])
+
+
+def describe_native(status: dict, device: torch.device) -> str:
+    """One line: which kernels the models will run with on ``device``."""
+    if not status["loaded"]:
+        return f"native kernels: NOT loaded, every model runs the pure-PyTorch reference ({status['load_error']})"
+    where = "" if device.type in status["device_types"] else f"; none for {device.type}, which runs the reference"
+    return f"native kernels: loaded from {status['library']} (for {', '.join(status['device_types'])}{where})"
+
+
 def run(args) -> int:
     """Runs the experiment; returns the exit status (1 when the deployed X-volution model differs)."""
     device = torch.device(args.device)
@@ -97,6 +112,8 @@ def run(args) -> int:
           f"on a {ds.canvas_size}x{ds.canvas_size} canvas; ViTs use {patch}x{patch} patches ({grid}x{grid} grid "
           f"+ class token)")
     print(f"{epochs} epochs per model, batch {args.batch_size}, seed {args.seed}, {device} ({device_name(device.type)})")
+    native = native_status()
+    print(describe_native(native, device))
     rows: List[dict] = []
     deployment: Optional[dict] = None
     for name in args.models:
@@ -106,6 +123,7 @@ def run(args) -> int:
                                  lr=LEARNING_RATES[name], seed=args.seed, device=device, label=name)
         rows.append(dict(model=name, description=models.DESCRIPTIONS[name],
                          params=sum(p.numel() for p in model.parameters()),
+                         kernels=models.kernels(model, device),
                          acc_static=training.accuracy(model, ds.test_static, args.batch_size, device),
                          acc_dynamic=training.accuracy(model, ds.test_dynamic, args.batch_size, device),
                          acc_aligned=training.accuracy(model, ds.test_aligned, args.batch_size, device),
@@ -121,7 +139,8 @@ def run(args) -> int:
     json_path, png_path = os.path.join(args.out, "results.json"), os.path.join(args.out, "results.png")
     report.write_json(json_path, dict(
         experiment="dynamic_mnist", data=ds.source, digit_size=ds.digit_size, canvas_size=ds.canvas_size,
-        patch_size=patch, epochs=epochs, batch_size=args.batch_size, seed=args.seed, device=device_name(device.type),
+        patch_size=patch, epochs=epochs, batch_size=args.batch_size, seed=args.seed, device=str(device),
+        device_name=device_name(device.type), native=native,
         torch=torch.__version__, translution_ext=__version__, seconds_total=time.perf_counter() - start,
         results=rows, xvolution_deployment=deployment))
     why_not = report.write_plot(png_path, rows, f"Dynamic MNIST ({ds.source}, {epochs} epochs)")

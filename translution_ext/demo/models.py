@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Callable, Dict
 
+import torch
 from torch import nn
 
+from .. import _native
 from ..models import ViT
-from ..nn import ACmix, XVolution
+from ..nn import ACmix, Attention, XVolution
+from ..nn.functional import resolve_backend
+from ..nn.relative_block import RelativeBlock
 
 MODEL_NAMES = ("vit_attention", "vit_translution", "vit_alpha", "cnn_acmix", "cnn_xvolution")
 DESCRIPTIONS = {
@@ -66,3 +70,22 @@ def build_model(name: str, canvas: int, patch: int, num_classes: int = 10) -> nn
     if name not in builders:
         raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)}, got {name!r}")
     return builders[name]()
+
+
+def kernels(model: nn.Module, device: torch.device) -> Dict[str, str]:
+    """What computes the token mixing of ``model`` while it trains on ``device``.
+
+    Maps each kind of mixer to "fused" or "native" (the compiled kernels of this package),
+    "reference" (its pure-PyTorch fallback) or "torch" (plain PyTorch ops, no kernels of ours).
+    """
+    used: Dict[str, str] = {}
+    for m in model.modules():
+        if isinstance(m, RelativeBlock):
+            used[type(m).__name__] = resolve_backend(m.backend, device, dropout_active=m.dropout > 0)
+        elif isinstance(m, ACmix):
+            used["ACmix"] = "native" if device.type in _native.ACMIX_DEVICE_TYPES else "reference"
+        elif isinstance(m, XVolution):
+            used["XVolution"] = "native" if device.type in _native.PIXEL_SHIFT_DEVICE_TYPES else "reference"
+        elif isinstance(m, Attention):
+            used["Attention"] = "torch"
+    return used

@@ -11,13 +11,19 @@ def table(rows: List[dict]) -> str:
     """Accuracy static->static, static->dynamic (any position and whole-patch moves), parameters and
     time per epoch, one line per model."""
     head = (f"{'model':16} {'static->static':>15} {'static->dynamic':>16} {'(patch-aligned)':>16} {'params':>10} "
-            f"{'s/epoch':>8}  description")
+            f"{'s/epoch':>8}  {'kernels':24} description")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['model']:16} {100 * r['acc_static']:14.1f}% {100 * r['acc_dynamic']:15.1f}% "
                      f"{100 * r['acc_aligned']:15.1f}% "
-                     f"{r['params']:>10,} {r['seconds_per_epoch']:8.1f}  {r['description']}")
+                     f"{r['params']:>10,} {r['seconds_per_epoch']:8.1f}  {kernel_summary(r['kernels']):24} "
+                     f"{r['description']}")
     return "\n".join(lines)
+
+
+def kernel_summary(kernels: dict) -> str:
+    """{"Translution": "fused"} -> "Translution: fused"."""
+    return ", ".join(f"{mixer}: {how}" for mixer, how in kernels.items()) or "-"
 
 
 def deployment_summary(d: dict) -> str:
