@@ -110,7 +110,7 @@ def test_demo_end_to_end_on_mnist_files(tmp_path, capsys):
     fake_mnist(tmp_path / "mnist", n_train=16, n_test=8)
     out = tmp_path / "out"
     status = main(["demo", "--data", "mnist", "--root", str(tmp_path / "mnist"), "--epochs", "1",
-                   "--batch-size", "8", "--out", str(out)])
+                   "--batch-size", "8", "--seeds", "0", "--out", str(out)])
     assert status == 0
     printed = capsys.readouterr().out
     for name in models.MODEL_NAMES:
@@ -133,6 +133,7 @@ def test_demo_quick_on_sklearn_digits(tmp_path, capsys):
     assert status == 0
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["data"].startswith("scikit-learn digits") and result["epochs"] == 2 and result["batch_size"] == 32
+    assert result["seeds"] == [0] and result["results"][0]["seeds"] == [0]
     assert result["xvolution_deployment"] is None
 
 
@@ -141,7 +142,7 @@ def test_demo_records_which_kernels_ran(tmp_path, capsys):
     from translution_ext import _native
 
     status = main(["demo", "--epochs", "1", "--limit-train", "16", "--limit-test", "8", "--batch-size", "8",
-                   "--models", "vit_attention", "vit_alpha", "cnn_acmix", "--out", str(tmp_path)])
+                   "--seeds", "0", "--models", "vit_attention", "vit_alpha", "cnn_acmix", "--out", str(tmp_path)])
     assert status == 0
     printed = capsys.readouterr().out
     result = json.loads((tmp_path / "results.json").read_text())
@@ -222,3 +223,49 @@ def test_demo_script_keeps_paths_relative_to_the_caller(tmp_path):
     caller = tmp_path / "caller"
     assert argv[-7:] == ["--out", str(caller / "mine"), "--data", "mnist", f"--root={caller / 'digits'}",
                          "--limit-test", "8"]
+
+
+def fake_runs(accuracies):
+    return [dict(seed=i, acc_static=a, acc_dynamic=a / 2, acc_aligned=a / 4, seconds_per_epoch=1.0 + i,
+                 final_loss=0.1, history=[]) for i, a in enumerate(accuracies)]
+
+
+def test_several_seeds_give_mean_and_standard_deviation():
+    from translution_ext.demo import report
+
+    row = report.summarise("cnn_xvolution", "CNN", 53_610, {"XVolution": "native"}, fake_runs([0.99, 0.97, 0.98]))
+    assert row["seeds"] == [0, 1, 2] and len(row["runs"]) == 3
+    assert row["acc_static"] == pytest.approx(0.98) and row["acc_static_std"] == pytest.approx(0.01)
+    assert row["seconds_per_epoch"] == pytest.approx(2.0)
+    printed = report.table([row])
+    assert "98.0 ± 1.0%" in printed and "49.0 ± 0.5%" in printed and "over seeds 0, 1, 2" in printed
+    one = report.summarise("cnn_xvolution", "CNN", 53_610, {}, fake_runs([0.997]))
+    assert one["acc_static_std"] == 0.0 and "99.7%" in report.table([one]) and "±" not in report.table([one])
+
+
+def test_table_json_and_plot_name_each_column_the_same(monkeypatch):
+    from translution_ext import _plotting
+    from translution_ext.demo import report
+
+    if _plotting.pyplot() is None:
+        pytest.skip("matplotlib is not installed")
+    rows = [report.summarise("cnn_xvolution", "CNN", 53_610, {}, fake_runs([0.997, 0.997]))]
+    header = report.table(rows).splitlines()[0]
+    figures = []
+    monkeypatch.setattr(_plotting, "save", lambda fig, path: figures.append(fig))
+    assert report.write_plot("unused.png", rows, "title") is None
+    ax = figures[0].axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    for _, name in report.COLUMNS:
+        assert name in header and name in legend
+    assert "chance (10%)" in legend
+    assert any(line.get_ydata()[0] == 10 for line in ax.get_lines())  # the chance line
+    assert "99.7" in [t.get_text() for t in ax.texts]  # exact values, not rounded to 100
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cnn_xvolution\n53,610 parameters"]
+
+
+def test_deployment_speed_reads_the_right_way_round():
+    from translution_ext.demo import report
+
+    assert report.speed_comparison(training_ms=479, deployed_ms=847) == "deployed is 1.8x slower than the training form"
+    assert report.speed_comparison(training_ms=800, deployed_ms=400) == "deployed is 2.0x faster than the training form"
