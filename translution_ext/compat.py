@@ -11,6 +11,7 @@ write them so that the reference modules load the result with strict=True.
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections import OrderedDict
 from typing import Dict, Mapping, Optional, Tuple, Union
@@ -18,6 +19,7 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from ._checks import check_int_pair, check_positive_int
 from .models import GPT, ViT
 from .nn import ACmix, AlphaTranslution, Attention, Translution
 from .nn.relative_block import VARIANTS, RelativeBlock
@@ -78,24 +80,49 @@ def _official_buffers(block: nn.Module) -> Dict[str, torch.Tensor]:
     return {}
 
 
-def _load_block(block: nn.Module, state_dict: Mapping[str, torch.Tensor], prefix: str, where: str) -> None:
-    """Copies the reference entries under ``prefix`` into ``block``, checking names and shapes."""
-    names = _official_names(block)
-    ours = block.state_dict()
-    theirs = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    missing = sorted(prefix + o for o in names.values() if o not in theirs)
-    unexpected = sorted(prefix + k for k in theirs if k not in names.values() and not _BUFFERS.search(k))
+def _check_mapping(state_dict, where: str) -> None:
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise TypeError(f"{where}: state_dict must be a mapping of names to tensors (a module's state_dict()), "
+                        f"got {type(state_dict).__name__}")
+
+
+def _check_instance(name: str, value, cls: type) -> None:
+    if not isinstance(value, cls):
+        raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
+
+
+def _check_keys(where: str, expected: Mapping[str, torch.Size], state_dict: Mapping[str, torch.Tensor],
+                optional: Optional["re.Pattern[str]"] = _BUFFERS, compare_shapes: bool = True,
+                header: str = "the state dict does not match this configuration") -> None:
+    """One ValueError naming every missing and unexpected key and every shape mismatch.
+
+    Keys matching ``optional`` (buffers the reference writes and we recompute) are neither
+    required nor unexpected.
+    """
+    skip = (lambda k: bool(optional.search(k))) if optional is not None else (lambda k: False)
+    missing = sorted(k for k in expected if k not in state_dict and not skip(k))
+    unexpected = sorted(k for k in state_dict if k not in expected and not skip(k))
+    problems = []
     if missing or unexpected:
-        raise ValueError(f"{where}: the state dict does not match this configuration; missing keys: "
-                         f"{missing or 'none'}; unexpected keys: {unexpected or 'none'}")
-    loaded = OrderedDict()
-    for our_name, their_name in names.items():
-        value = theirs[their_name]
-        if tuple(value.shape) != tuple(ours[our_name].shape):
-            raise ValueError(f"{where}: {prefix + their_name} must have shape {tuple(ours[our_name].shape)} "
-                             f"for this configuration, got {tuple(value.shape)}")
-        loaded[our_name] = value
-    block.load_state_dict(loaded, strict=True)
+        problems.append(f"{header}; missing keys: {missing or 'none'}; unexpected keys: {unexpected or 'none'}")
+    if compare_shapes:
+        problems += [f"{k} must have shape {tuple(shape)} for this configuration, got {tuple(state_dict[k].shape)}"
+                     for k, shape in expected.items()
+                     if k in state_dict and not skip(k) and tuple(state_dict[k].shape) != tuple(shape)]
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))
+
+
+def _block_shapes(block: nn.Module, prefix: str = "") -> Dict[str, torch.Size]:
+    """The reference names of one attention block with the shapes our configuration gives them."""
+    ours = block.state_dict()
+    return {prefix + theirs: ours[name].shape for name, theirs in _official_names(block).items()}
+
+
+def _load_block(block: nn.Module, state_dict: Mapping[str, torch.Tensor], prefix: str) -> None:
+    """Copies the (checked) reference entries under ``prefix`` into ``block``."""
+    names = _official_names(block)
+    block.load_state_dict({ours: state_dict[prefix + theirs] for ours, theirs in names.items()}, strict=True)
 
 
 def _export_block(block: nn.Module, prefix: str = "") -> "OrderedDict[str, torch.Tensor]":
@@ -122,14 +149,19 @@ def load_official_attention(state_dict: Mapping[str, torch.Tensor], *, kind: str
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be 'vit' or 'gpt', got {kind!r}")
+    _check_mapping(state_dict, "load_official_attention")
     alpha, roles = _parse_variant(variant)
-    where = dict(layout="2d_cls", grid=tuple(size)) if kind == "vit" else dict(layout="causal", max_len=size)
+    if kind == "vit":
+        where = dict(layout="2d_cls", grid=check_int_pair("size", size, "(Hg, Wg) for kind='vit'"))
+    else:
+        where = dict(layout="causal", max_len=check_positive_int("size", size))
     if alpha:
         block: RelativeBlock = AlphaTranslution(dim, heads, dim_head, relative=roles, dim_relenc=dim_relenc, **where)
     else:
         block = Translution(dim, heads, dim_head, relative=roles, **where)
     block = block.to(_dtype_of(state_dict))
-    _load_block(block, state_dict, "", f"load_official_attention(kind={kind!r}, variant={variant!r})")
+    _check_keys(f"load_official_attention(kind={kind!r}, variant={variant!r})", _block_shapes(block), state_dict)
+    _load_block(block, state_dict, "")
     return block.eval()
 
 
@@ -161,10 +193,34 @@ _FF = {"ff.net.0.weight": "1.net.0.weight", "ff.net.0.bias": "1.net.0.bias",
        "ff.net.4.weight": "1.net.4.weight", "ff.net.4.bias": "1.net.4.bias"}
 
 
-def _load_trunk(model: Union[ViT, GPT], state_dict: Mapping[str, torch.Tensor], where: str) -> None:
+def _infer_size(state_dict: Mapping[str, torch.Tensor], candidates) -> Optional[int]:
+    """A model size read from the first present entry of ``candidates`` ((key, dim) pairs); None when none is."""
+    return next((state_dict[k].shape[d] for k, d in candidates if k in state_dict and state_dict[k].dim() > d), None)
+
+
+def _build_checked(build, export, state_dict: Mapping[str, torch.Tensor], sizes: Dict[str, Optional[int]],
+                   where: str):
+    """Checks the whole state dict against the model ``build(**sizes)`` would give, then builds it.
+
+    The expected names and shapes come from exporting a meta-device copy (no memory); a size
+    that no entry gives is a placeholder, and then only the keys are compared.
+    """
+    known = all(v is not None for v in sizes.values())
+    filled = {k: 1 if v is None else v for k, v in sizes.items()}
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in export(build(**filled)).items()}
+    _check_keys(where, expected, state_dict, compare_shapes=known)
+    return build(**filled).to(_dtype_of(state_dict))
+
+
+def _mlp_dim_candidates(depth: int):
+    return [(f"translution.layers.{i}.1.net.1.{p}", 0) for i in range(depth) for p in ("weight", "bias")]
+
+
+def _load_trunk(model: Union[ViT, GPT], state_dict: Mapping[str, torch.Tensor]) -> None:
     for i, block in enumerate(model.blocks):
         prefix = f"translution.layers.{i}."
-        _load_block(block.mixer, state_dict, prefix + "0.", where)
+        _load_block(block.mixer, state_dict, prefix + "0.")
         block.ff.load_state_dict({ours[len("ff."):]: state_dict[prefix + theirs] for ours, theirs in _FF.items()})
     model.norm.load_state_dict({"weight": state_dict["translution.norm.weight"],
                                 "bias": state_dict["translution.norm.bias"]})
@@ -195,16 +251,21 @@ def load_official_vit(state_dict: Mapping[str, torch.Tensor], *, variant: str, i
     split (``tln_num``, RoPE or plain attention after it) are read from the
     state dict; the rest must be given as the reference model was built.
     """
+    where = f"load_official_vit(variant={variant!r})"
+    _check_mapping(state_dict, where)
     depth = _infer_depth(state_dict)
     tln_num = _infer_tln_num(state_dict, depth)
     hybrid_rope = any(k.endswith("rope.cos_cached") for k in state_dict)
-    model = ViT(image_size=image_size, patch_size=patch_size, num_classes=state_dict["mlp_head.weight"].shape[0],
-                dim=state_dict["cls_token"].shape[-1], depth=depth, heads=heads, dim_head=dim_head,
-                mlp_dim=state_dict["translution.layers.0.1.net.1.weight"].shape[0], channels=channels, pool=pool,
-                dim_relenc=dim_relenc, tln_num=tln_num, hybrid_attention="rope2d" if hybrid_rope else "plain",
-                pos_embedding="pos_embedding" in state_dict, **_mixer_args(variant)).to(_dtype_of(state_dict))
-    where = f"load_official_vit(variant={variant!r})"
-    _load_trunk(model, state_dict, where)
+    sizes = dict(num_classes=_infer_size(state_dict, [("mlp_head.weight", 0), ("mlp_head.bias", 0)]),
+                 dim=_infer_size(state_dict, [("cls_token", 2), ("to_patch_embedding.2.weight", 0),
+                                              ("translution.norm.weight", 0)]),
+                 mlp_dim=_infer_size(state_dict, _mlp_dim_candidates(depth)))
+    build = functools.partial(ViT, image_size=image_size, patch_size=patch_size, depth=depth, heads=heads,
+                              dim_head=dim_head, channels=channels, pool=pool, dim_relenc=dim_relenc, tln_num=tln_num,
+                              hybrid_attention="rope2d" if hybrid_rope else "plain",
+                              pos_embedding="pos_embedding" in state_dict, **_mixer_args(variant))
+    model = _build_checked(build, export_official_vit, state_dict, sizes, where)
+    _load_trunk(model, state_dict)
     for i in (1, 2, 3):
         model.patch_embed[i - 1].load_state_dict({"weight": state_dict[f"to_patch_embedding.{i}.weight"],
                                                   "bias": state_dict[f"to_patch_embedding.{i}.bias"]})
@@ -218,6 +279,7 @@ def load_official_vit(state_dict: Mapping[str, torch.Tensor], *, variant: str, i
 
 def export_official_vit(model: ViT) -> "OrderedDict[str, torch.Tensor]":
     """The reference ViT state dict of our :class:`ViT` (the reverse of :func:`load_official_vit`)."""
+    _check_instance("model", model, ViT)
     out = OrderedDict()
     for i in (1, 2, 3):
         out[f"to_patch_embedding.{i}.weight"] = model.patch_embed[i - 1].weight.detach().clone()
@@ -239,13 +301,18 @@ def load_official_gpt(state_dict: Mapping[str, torch.Tensor], *, variant: str, s
     layers are unmasked in the reference code, ours stay causal, so only the
     non-hybrid models give identical logits.
     """
+    where = f"load_official_gpt(variant={variant!r})"
+    _check_mapping(state_dict, where)
     depth = _infer_depth(state_dict)
-    vocab_size, dim = state_dict["wte.weight"].shape
-    model = GPT(vocab_size=vocab_size, seq_len=seq_len, dim=dim, depth=depth, heads=heads, dim_head=dim_head,
-                mlp_dim=state_dict["translution.layers.0.1.net.1.weight"].shape[0], dim_relenc=dim_relenc,
-                tln_num=_infer_tln_num(state_dict, depth), pos_embedding="wpe.weight" in state_dict,
-                **_mixer_args(variant)).to(_dtype_of(state_dict))
-    _load_trunk(model, state_dict, f"load_official_gpt(variant={variant!r})")
+    sizes = dict(vocab_size=_infer_size(state_dict, [("wte.weight", 0), ("output_head.weight", 0)]),
+                 dim=_infer_size(state_dict, [("wte.weight", 1), ("output_head.weight", 1), ("norm.weight", 0),
+                                              ("translution.norm.weight", 0)]),
+                 mlp_dim=_infer_size(state_dict, _mlp_dim_candidates(depth)))
+    build = functools.partial(GPT, seq_len=seq_len, depth=depth, heads=heads, dim_head=dim_head, dim_relenc=dim_relenc,
+                              tln_num=_infer_tln_num(state_dict, depth), pos_embedding="wpe.weight" in state_dict,
+                              **_mixer_args(variant))
+    model = _build_checked(build, export_official_gpt, state_dict, sizes, where)
+    _load_trunk(model, state_dict)
     model.token_embed.load_state_dict({"weight": state_dict["wte.weight"]})
     if model.pos_embed is not None:
         model.pos_embed.load_state_dict({"weight": state_dict["wpe.weight"]})
@@ -256,6 +323,7 @@ def load_official_gpt(state_dict: Mapping[str, torch.Tensor], *, variant: str, s
 
 def export_official_gpt(model: GPT) -> "OrderedDict[str, torch.Tensor]":
     """The reference GPT state dict of our :class:`GPT` (the reverse of :func:`load_official_gpt`)."""
+    _check_instance("model", model, GPT)
     out = OrderedDict()
     if model.pos_embed is not None:
         out["wpe.weight"] = model.pos_embed.weight.detach().clone()
@@ -279,22 +347,17 @@ def load_official_acmix(state_dict: Mapping[str, torch.Tensor], in_planes: int, 
 
     Their keys: conv1/conv2/conv3 (q/k/v), conv_p, fc.weight, dep_conv.weight, rate1, rate2.
     """
+    _check_mapping(state_dict, "load_official_acmix")
     block = ACmix(in_planes, out_planes, kernel_att, head, kernel_conv, stride).to(_dtype_of(state_dict))
     ours = block.state_dict()
-    missing = sorted(t for t in _ACMIX_NAMES.values() if t not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in _ACMIX_NAMES.values())
-    if missing or unexpected:
-        raise ValueError(f"load_official_acmix: the state dict does not match; missing keys: {missing or 'none'}; "
-                         f"unexpected keys: {unexpected or 'none'}")
-    for our_name, their_name in _ACMIX_NAMES.items():
-        if tuple(state_dict[their_name].shape) != tuple(ours[our_name].shape):
-            raise ValueError(f"load_official_acmix: {their_name} must have shape {tuple(ours[our_name].shape)} for "
-                             f"this configuration, got {tuple(state_dict[their_name].shape)}")
+    _check_keys("load_official_acmix", {t: ours[o].shape for o, t in _ACMIX_NAMES.items()}, state_dict,
+                optional=None, header="the state dict does not match")
     block.load_state_dict({o: state_dict[t] for o, t in _ACMIX_NAMES.items()})
     return block.eval()
 
 
 def export_official_acmix(block: ACmix) -> "OrderedDict[str, torch.Tensor]":
     """The authors' ACmix state dict of our block (the reverse of :func:`load_official_acmix`)."""
+    _check_instance("block", block, ACmix)
     ours = block.state_dict()
     return OrderedDict((t, ours[o].detach().clone()) for o, t in _ACMIX_NAMES.items())

@@ -18,6 +18,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from ._checks import check_int_pair, check_pair, check_positive_int
+
 Device = Union[str, torch.device, None]
 
 
@@ -36,24 +38,30 @@ class RelativeIndex:
     num_classes: int
 
 
-def _check_size(name: str, value: int, maximum: int, what: str) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def _check_size(name: str, value: int, maximum: int, bound: str) -> None:
+    """``value`` a positive int <= ``maximum``, the argument ``bound`` of the same call."""
+    check_positive_int(name, value)
     if value > maximum:
-        raise ValueError(
-            f"{name} must be <= {maximum} (the {what} the block was built for), got {value}"
-        )
+        raise ValueError(f"{name} must be <= {maximum} ({bound}, the size the tables cover), got {value}")
 
 
 def num_classes_1d(max_len: int) -> int:
     """R = 2L − 1 for bidirectional 1D offsets."""
-    return 2 * max_len - 1
+    return 2 * check_positive_int("max_len", max_len) - 1
 
 
 def num_classes_2d(grid: Tuple[int, int], cls_token: bool = False) -> int:
     """R = (2Hg − 1)(2Wg − 1), plus 3 class-token rows when ``cls_token``."""
-    hg, wg = grid
+    hg, wg = check_int_pair("grid", grid, "(Hg, Wg)")
     return (2 * hg - 1) * (2 * wg - 1) + (3 if cls_token else 0)
+
+
+def _sequence_length(max_len: int, length: Optional[int]) -> int:
+    """N: ``length`` (default ``max_len``), checked against ``max_len``."""
+    check_positive_int("max_len", max_len)
+    n = max_len if length is None else length
+    _check_size("length", n, max_len, "max_len")
+    return n
 
 
 def offset_index_1d(max_len: int, length: Optional[int] = None, device: Device = None) -> RelativeIndex:
@@ -63,9 +71,7 @@ def offset_index_1d(max_len: int, length: Optional[int] = None, device: Device =
         max_len: L, the longest sequence the tables cover.
         length: N <= L, the actual sequence length (default L).
     """
-    _check_size("max_len", max_len, max_len, "maximum length")
-    n = max_len if length is None else length
-    _check_size("length", n, max_len, "maximum length")
+    n = _sequence_length(max_len, length)
     pos = torch.arange(n, device=device)
     key = pos[:, None] - pos[None, :] + max_len - 1
     return RelativeIndex(key=key, query=key.t().contiguous(), num_classes=num_classes_1d(max_len))
@@ -78,9 +84,7 @@ def offset_index_causal_1d(max_len: int, length: Optional[int] = None, device: D
     the unmasked pairs j <= i the q row is L − 1 − (i − j) and the k/v row i − j;
     masked pairs (j > i) get valid rows whose outputs the causal mask discards.
     """
-    _check_size("max_len", max_len, max_len, "maximum length")
-    n = max_len if length is None else length
-    _check_size("length", n, max_len, "maximum length")
+    n = _sequence_length(max_len, length)
     pos = torch.arange(n, device=device)
     diff = pos[:, None] - pos[None, :]  # diff[i, j] = i - j
     key = diff.clamp(min=0)
@@ -88,11 +92,11 @@ def offset_index_causal_1d(max_len: int, length: Optional[int] = None, device: D
     return RelativeIndex(key=key, query=query, num_classes=max_len)
 
 
-def _grid_key(grid: Tuple[int, int], size: Tuple[int, int], device: Device) -> torch.Tensor:
-    hg, wg = grid
-    h, w = size
-    _check_size("size[0]", h, hg, "grid height")
-    _check_size("size[1]", w, wg, "grid width")
+def _grid_key(grid: Tuple[int, int], size: Optional[Tuple[int, int]], device: Device) -> torch.Tensor:
+    hg, wg = check_int_pair("grid", grid, "(Hg, Wg)")
+    h, w = (hg, wg) if size is None else check_pair("size", size, "(h, w)")
+    _check_size("size[0]", h, hg, "grid[0]")
+    _check_size("size[1]", w, wg, "grid[1]")
     rows = torch.arange(h, device=device).repeat_interleave(w)
     cols = torch.arange(w, device=device).repeat(h)
     dr = rows[:, None] - rows[None, :] + hg - 1
@@ -111,7 +115,7 @@ def offset_index_2d(
         grid: (Hg, Wg), the largest grid the tables cover.
         size: (h, w) <= grid, the actual grid (default ``grid``); N = h·w.
     """
-    key = _grid_key(grid, tuple(grid) if size is None else tuple(size), device)
+    key = _grid_key(grid, size, device)
     return RelativeIndex(key=key, query=key.t().contiguous(), num_classes=num_classes_2d(grid))
 
 
@@ -123,7 +127,7 @@ def offset_index_2d_cls(
     idx(0, 0) = R − 3, idx(0, m>0) = R − 2, idx(a>0, 0) = R − 1, and the 2D
     formula between patches.  N = 1 + h·w.
     """
-    grid_key = _grid_key(grid, tuple(grid) if size is None else tuple(size), device)
+    grid_key = _grid_key(grid, size, device)
     r = num_classes_2d(grid, cls_token=True)
     n = grid_key.shape[0] + 1
     key = torch.empty(n, n, dtype=torch.long, device=grid_key.device)

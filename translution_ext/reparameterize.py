@@ -16,6 +16,8 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     Returns:
         The converted model.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
     for module in list(model.modules())[::-1]:

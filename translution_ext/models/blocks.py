@@ -6,6 +6,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
+from .._checks import check_number, check_positive_int, check_tokens
 from ..nn import AlphaTranslution, Attention, Translution
 
 MIXERS = ("translution", "alpha", "attention")
@@ -16,11 +17,16 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
         super().__init__()
+        check_positive_int("dim", dim)
+        check_positive_int("hidden_dim", hidden_dim)
+        check_number("dropout", dropout, 0.0, 1.0, high_inclusive=False)
+        self.dim = dim
         self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(hidden_dim, dim), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, dim) -> (B, N, dim)."""
+        check_tokens(x, self.dim, self.net[0].weight, "FeedForward block")
         return self.net(x)
 
 
@@ -29,6 +35,9 @@ class Block(nn.Module):
 
     def __init__(self, mixer: nn.Module, ff: FeedForward):
         super().__init__()
+        for name, module in (("mixer", mixer), ("ff", ff)):
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
         self.mixer, self.ff = mixer, ff
 
     def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:

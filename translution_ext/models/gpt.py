@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .._checks import check_number, check_positive_int, check_tensor
 from ..nn import Attention
 from .blocks import check_tln_num, make_mixer, stack_blocks
 from .configs import config
@@ -31,6 +32,11 @@ class GPT(nn.Module):
                  alpha: float = 0.5, tln_num: Optional[int] = None, pos_embedding: bool = False,
                  backend: str = "auto"):
         super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("seq_len", seq_len), ("dim", dim), ("depth", depth),
+                            ("heads", heads), ("mlp_dim", mlp_dim), ("dim_head", dim_head)):
+            check_positive_int(name, value)
+        for name, value in (("dropout", dropout), ("emb_dropout", emb_dropout)):
+            check_number(name, value, 0.0, 1.0, high_inclusive=False)
         self.vocab_size, self.seq_len = vocab_size, seq_len
         self.token_embed = nn.Embedding(vocab_size, dim)
         self.pos_embed = nn.Embedding(seq_len, dim) if pos_embedding else None
@@ -47,13 +53,28 @@ class GPT(nn.Module):
         self.head_norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
 
+    def _check_token_ids(self, tokens: torch.Tensor) -> None:
+        """Ids must be rows of the embedding: on CUDA an out-of-range id is a device-side assert, not an error."""
+        weight = self.token_embed.weight
+        if tokens.device != weight.device:
+            raise ValueError(f"tokens must be on the device of the GPT's parameters ({weight.device}), "
+                             f"got {tokens.device}")
+        # The range check reads the ids back (a device sync); a compiled graph leaves it out.
+        if tokens.numel() == 0 or torch.compiler.is_compiling():
+            return
+        lo, hi = (int(v) for v in torch.aminmax(tokens))
+        if lo < 0 or hi >= self.vocab_size:
+            raise ValueError(f"tokens must be ids in [0, vocab_size) = [0, {self.vocab_size}), got min {lo} "
+                             f"and max {hi}")
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N) int64 token ids, N <= seq_len -> (B, N, vocab_size) logits."""
-        if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
+        if check_tensor("tokens", tokens).dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"tokens must be a (B, N) int64 tensor, got shape {tuple(tokens.shape)}, "
                              f"dtype {tokens.dtype}")
         if tokens.shape[1] > self.seq_len:
             raise ValueError(f"tokens.size(1) must be <= seq_len = {self.seq_len}, got {tokens.shape[1]}")
+        self._check_token_ids(tokens)
         x = self.token_embed(tokens)
         if self.pos_embed is not None:
             x = x + self.pos_embed(torch.arange(tokens.shape[1], device=tokens.device))

@@ -1,20 +1,17 @@
 """Vision Transformer with Translution token mixers (spec §5)."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
+from .._checks import check_like_parameters, check_number, check_positive_int, check_size_pair, check_tensor
 from ..nn import Attention
 from .blocks import check_tln_num, make_mixer, stack_blocks
 from .configs import config
 
 HYBRID_ATTENTION = ("rope2d", "plain")
-
-
-def _pair(v: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 class ViT(nn.Module):
@@ -44,7 +41,13 @@ class ViT(nn.Module):
                  tln_num: Optional[int] = None, hybrid_attention: str = "rope2d",
                  pos_embedding: bool = False, backend: str = "auto"):
         super().__init__()
-        self.image_size, self.patch_size = _pair(image_size), _pair(patch_size)
+        self.image_size = check_size_pair("image_size", image_size)
+        self.patch_size = check_size_pair("patch_size", patch_size)
+        for name, value in (("num_classes", num_classes), ("dim", dim), ("depth", depth), ("heads", heads),
+                            ("mlp_dim", mlp_dim), ("dim_head", dim_head), ("channels", channels)):
+            check_positive_int(name, value)
+        for name, value in (("dropout", dropout), ("emb_dropout", emb_dropout)):
+            check_number(name, value, 0.0, 1.0, high_inclusive=False)
         if any(s % p for s, p in zip(self.image_size, self.patch_size)):
             raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
         if pool not in ("cls", "mean"):
@@ -73,8 +76,9 @@ class ViT(nn.Module):
 
     def patchify(self, img: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """(B, C, H, W) -> (B, h·w, p1·p2·C) patches in row-major order, and (h, w)."""
-        if img.dim() != 4 or img.shape[1] != self.channels:
+        if check_tensor("img", img).dim() != 4 or img.shape[1] != self.channels:
             raise ValueError(f"img must have shape (B, {self.channels}, H, W), got {tuple(img.shape)}")
+        check_like_parameters("img", img, self.cls_token, "ViT")
         b, c, hh, ww = img.shape
         p1, p2 = self.patch_size
         if hh % p1 or ww % p2 or hh > self.image_size[0] or ww > self.image_size[1]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._checks import check_image, check_positive_int, check_positive_odd_int, is_int
 from ..ops.acmix_window_attention import acmix_window_attention
 
 
@@ -37,12 +38,13 @@ class ACmix(nn.Module):
     def __init__(self, in_planes: int, out_planes: int, kernel_att: int = 7, head: int = 4, kernel_conv: int = 3,
                  stride: int = 1):
         super().__init__()
+        for name, value in (("in_planes", in_planes), ("out_planes", out_planes), ("head", head)):
+            check_positive_int(name, value)
         if out_planes % head:
             raise ValueError(f"out_planes must be divisible by head = {head}, got {out_planes}")
         for name, k in (("kernel_att", kernel_att), ("kernel_conv", kernel_conv)):
-            if k < 1 or k % 2 == 0:
-                raise ValueError(f"{name} must be a positive odd int, got {k}")
-        if stride not in (1, 2):
+            check_positive_odd_int(name, k)
+        if not is_int(stride) or stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         self.in_planes, self.out_planes, self.head = in_planes, out_planes, head
         self.kernel_att, self.kernel_conv, self.stride = kernel_att, kernel_conv, stride
@@ -69,8 +71,7 @@ class ACmix(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))."""
-        if x.dim() != 4 or x.shape[1] != self.in_planes:
-            raise ValueError(f"x must have shape (B, {self.in_planes}, H, W), got {tuple(x.shape)}")
+        check_image(x, self.in_planes, self.q_proj.weight, "ACmix block")
         b, _, h, w = x.shape
         pad = self.kernel_att // 2
         if pad >= h or pad >= w:

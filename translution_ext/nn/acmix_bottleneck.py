@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._checks import check_image, check_positive_int
 from .acmix import ACmix
 
 
@@ -23,6 +24,8 @@ class ACmixBottleneck(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1, kernel_att: int = 7, head: int = 4,
                  kernel_conv: int = 3, expansion: int = 4):
         super().__init__()
+        for name, value in (("in_planes", in_planes), ("planes", planes), ("expansion", expansion)):
+            check_positive_int(name, value)
         out = planes * expansion
         self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -36,6 +39,7 @@ class ACmixBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_planes, H, W) -> (B, 4·planes, ceil(H / stride), ceil(W / stride))."""
+        check_image(x, self.conv1.in_channels, self.conv1.weight, "ACmixBottleneck block")
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.acmix(y)))
         y = self.bn3(self.conv3(y))

@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .._checks import check_like_parameters, check_number, check_positive_int, check_tensor
+
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     """(B, H, W, C) -> (B·nW, window, window, C), windows in row-major order."""
@@ -26,7 +28,17 @@ def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.
 
 
 def shifted_window_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
-    """(nW, N, N) additive mask of shifted-window attention: −100 between tokens of different regions."""
+    """(nW, N, N) additive mask of shifted-window attention: −100 between tokens of different regions.
+
+    h, w: the map, multiples of ``window``; shift: the cyclic shift, 0 < shift < window.
+    nW = (h / window)·(w / window), N = window².
+    """
+    for name, value in (("h", h), ("w", w), ("window", window), ("shift", shift)):
+        check_positive_int(name, value)
+    if h % window or w % window:
+        raise ValueError(f"h and w must be multiples of window = {window}, got {h} x {w}")
+    if shift >= window:
+        raise ValueError(f"shift must be in [1, window) = [1, {window}), got {shift}")
     regions = torch.zeros(1, h, w, 1)
     count = 0
     for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
@@ -56,6 +68,12 @@ class ACmixWindowAttention(nn.Module):
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
                  qk_scale: Optional[float] = None, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
+        for name, value in (("dim", dim), ("window_size", window_size), ("num_heads", num_heads)):
+            check_positive_int(name, value)
+        if qk_scale is not None and (isinstance(qk_scale, bool) or not isinstance(qk_scale, (int, float))):
+            raise TypeError(f"qk_scale must be a number or None, got {qk_scale!r}")
+        for name, value in (("attn_drop", attn_drop), ("proj_drop", proj_drop)):
+            check_number(name, value, 0.0, 1.0, high_inclusive=False)
         if dim % num_heads:
             raise ValueError(f"dim must be divisible by num_heads = {num_heads}, got {dim}")
         self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
@@ -84,14 +102,30 @@ class ACmixWindowAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
 
+    def _check_mask(self, mask: torch.Tensor, x: torch.Tensor) -> None:
+        """The shifted-window mask must have one (M², M²) map per window of x."""
+        m = self.window_size
+        nw = (x.shape[1] // m) * (x.shape[2] // m)
+        check_tensor("mask", mask)
+        if tuple(mask.shape) != (nw, m * m, m * m):
+            raise ValueError(f"mask must have shape (nW, M², M²) = {(nw, m * m, m * m)} for x of shape "
+                             f"{tuple(x.shape)} (e.g. shifted_window_mask(H, W, {m}, shift)), got {tuple(mask.shape)}")
+        if mask.device != x.device:
+            raise ValueError(f"mask must be on x's device ({x.device}), got {mask.device}")
+
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (B, H, W, dim), H and W multiples of the window; mask: (nW, M², M²) additive (0 / -100)
         for shifted windows, or None -> (B, H, W, dim)."""
-        b, h, w, c = x.shape
         m, nh, hd = self.window_size, self.num_heads, self.head_dim
-        if c != self.dim or h % m or w % m:
+        fits = isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[3] == self.dim
+        if not fits or x.shape[1] % m or x.shape[2] % m:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (B, H, W, {self.dim}) with H and W multiples of window_size = {m}, "
-                             f"got {tuple(x.shape)}")
+                             f"got {shape}")
+        check_like_parameters("x", x, self.qkv.weight, "ACmixWindowAttention block")
+        b, h, w, c = x.shape
+        if mask is not None:
+            self._check_mask(mask, x)
         qkv = self.qkv(x)
         # Conv path on the whole map: the 3·Nh maps of each head slice d -> 9 shift inputs, grouped by d.
         f_all = qkv.reshape(b, h * w, 3 * nh, hd).permute(0, 2, 1, 3)           # (B, 3Nh, HW, hd)

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from .._checks import check_number, check_positive_int
 from ..ops.translution_attention import translution_attention
 from .functional import attention_weights, combine_scores, pair_scores, project_relative, weighted_sum
 from .relative_block import RelativeBlock, new_table
@@ -50,11 +51,9 @@ class AlphaTranslution(RelativeBlock):
                  relative: str = "qkv", dropout: float = 0.0, backend: str = "auto",
                  dim_relenc: int = 16, alpha: float = 0.5):
         super().__init__(dim, heads, dim_head, layout, max_len, grid, relative, dropout, backend)
-        if not isinstance(dim_relenc, int) or dim_relenc < 1:
-            raise ValueError(f"dim_relenc must be a positive int, got {dim_relenc!r}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-        self.dim_relenc, self.alpha = dim_relenc, float(alpha)
+        check_positive_int("dim_relenc", dim_relenc)
+        self.dim_relenc = dim_relenc
+        self.alpha = check_number("alpha", alpha, 0.0, 1.0, high_inclusive=True)
         rel_dim = heads * dim_relenc
         self.qkv_proj = nn.Linear(dim, 3 * self.inner_dim, bias=False)
         self.relative_scores = "q" in self.relative or "k" in self.relative

@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_int_pair, check_number, check_positive_int, check_tokens
+from .layout import TokenLayout
+
 
 class RotaryEmbedding2D(nn.Module):
     """2D RoPE over a row-major grid; a leading class token is left unrotated.
@@ -26,9 +29,12 @@ class RotaryEmbedding2D(nn.Module):
 
     def __init__(self, dim_head: int, grid: Tuple[int, int], cls_token: bool = True, base: float = 10000.0):
         super().__init__()
+        check_positive_int("dim_head", dim_head)
         if dim_head % 4:
             raise ValueError(f"dim_head must be divisible by 4 for 2D RoPE, got {dim_head}")
-        self.grid, self.cls_token = tuple(grid), cls_token
+        self.grid, self.cls_token = check_int_pair("grid", grid, "(Hg, Wg)"), cls_token
+        if isinstance(base, bool) or not isinstance(base, (int, float)) or base <= 1:
+            raise ValueError(f"base must be a number > 1, got {base!r}")
         half = dim_head // 2
         inv_freq = 1.0 / (base ** (torch.arange(0, half, 2).float() / half))
         rows = torch.arange(grid[0]).float()[:, None, None] * inv_freq
@@ -40,7 +46,13 @@ class RotaryEmbedding2D(nn.Module):
 
     def forward(self, t: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         """t: (B, H, N, d) with N = h·w (+1) -> the rotated t."""
-        h, w = size
+        h, w = check_int_pair("size", size, "(h, w)")
+        if h > self.grid[0] or w > self.grid[1]:
+            raise ValueError(f"size must be <= {self.grid} (the grid this embedding was built for), got {(h, w)}")
+        n = h * w + int(self.cls_token)
+        if t.dim() < 2 or t.shape[-2] != n:
+            raise ValueError(f"t must have shape (..., N, d) with N = h*w{' + 1' if self.cls_token else ''} = {n} "
+                             f"for size={(h, w)}, got {tuple(t.shape)}")
         cos = self.cos[:h, :w].reshape(h * w, -1).to(t.dtype)
         sin = self.sin[:h, :w].reshape(h * w, -1).to(t.dtype)
         head, grid_tokens = (t[..., :1, :], t[..., 1:, :]) if self.cls_token else (None, t)
@@ -65,20 +77,28 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0,
                  causal: bool = False, rope_grid: Optional[Tuple[int, int]] = None, cls_token: bool = True):
         super().__init__()
+        for name, value in (("dim", dim), ("heads", heads), ("dim_head", dim_head)):
+            check_positive_int(name, value)
+        check_number("dropout", dropout, 0.0, 1.0, high_inclusive=False)
+        self.dim = dim
         self.heads, self.dim_head, self.dropout, self.causal = heads, dim_head, dropout, causal
         inner = heads * dim_head
         self.norm = nn.LayerNorm(dim)
         self.qkv_proj = nn.Linear(dim, 3 * inner, bias=False)
         self.rope = RotaryEmbedding2D(dim_head, rope_grid, cls_token) if rope_grid is not None else None
+        # RoPE positions tokens on a grid: the input size is validated like a Translution block's.
+        self.layout = TokenLayout("2d_cls" if cls_token else "2d", grid=rope_grid) if self.rope is not None else None
         self.project_out = not (heads == 1 and dim_head == dim)
         self.out_proj = nn.Linear(inner, dim) if self.project_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """x: (B, N, dim) -> (B, N, dim); ``grid=(h, w)`` when RoPE runs on a smaller grid."""
+        check_tokens(x, self.dim, self.norm.weight, "Attention block")
+        if self.layout is not None:
+            size = self.layout.size_of(x.shape[1], grid)
         q, k, v = (t.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
                    for t in self.qkv_proj(self.norm(x)).chunk(3, dim=-1))
         if self.rope is not None:
-            size = self.rope.grid if grid is None else tuple(grid)
             q, k = self.rope(q, size), self.rope(k, size)
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)

@@ -23,7 +23,10 @@ BACKENDS = ("auto", "fused", "native", "reference")
 
 
 def backend_unavailable_reason(backend: str, device: torch.device, dropout_active: bool) -> Optional[str]:
-    """None when ``backend`` can run here, else the reason."""
+    """None when ``backend`` can run on ``device`` (a torch.device or its name), else the reason."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    device = torch.device(device)
     if backend == "reference":
         return None
     if not _native.has_native():

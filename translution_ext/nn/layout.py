@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from .. import indexing
+from .._checks import check_int_pair, check_positive_int
 
 LAYOUTS = ("1d", "causal", "2d", "2d_cls")
 
@@ -34,9 +35,7 @@ class TokenLayout:
             if grid is None or max_len is not None:
                 raise ValueError(f"layout {layout!r} needs grid=(Hg, Wg) and no max_len, got grid={grid!r}, "
                                  f"max_len={max_len!r}")
-            grid = tuple(grid)
-            if len(grid) != 2 or not all(isinstance(g, int) and g >= 1 for g in grid):
-                raise ValueError(f"grid must be two positive ints (Hg, Wg), got {grid!r}")
+            grid = check_int_pair("grid", grid, "(Hg, Wg)")
             self.grid: Optional[Tuple[int, int]] = grid  # type: ignore[assignment]
             self.max_len: Optional[int] = None
             self.num_classes = indexing.num_classes_2d(grid, cls_token=self.has_cls)
@@ -44,8 +43,7 @@ class TokenLayout:
             if max_len is None or grid is not None:
                 raise ValueError(f"layout {layout!r} needs max_len and no grid, got max_len={max_len!r}, "
                                  f"grid={grid!r}")
-            if not isinstance(max_len, int) or max_len < 1:
-                raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+            check_positive_int("max_len", max_len)
             self.grid = None
             self.max_len = max_len
             self.num_classes = max_len if self.causal else indexing.num_classes_1d(max_len)
@@ -85,9 +83,7 @@ class TokenLayout:
                     "pass grid=(h, w) for a smaller grid"
                 )
             return self.grid
-        grid = tuple(grid)
-        if len(grid) != 2 or not all(isinstance(g, int) and g >= 1 for g in grid):
-            raise ValueError(f"grid must be two positive ints (h, w), got {grid!r}")
+        grid = check_int_pair("grid", grid, "(h, w)")
         if grid[0] > self.grid[0] or grid[1] > self.grid[1]:
             raise ValueError(f"grid must be <= {self.grid} (the grid this block was built for), got {grid}")
         if num_tokens != grid[0] * grid[1] + cls:

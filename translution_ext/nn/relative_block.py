@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_number, check_positive_int, check_tokens
 from .functional import BACKENDS, resolve_backend
 from .layout import TokenLayout
 
@@ -43,10 +44,8 @@ class RelativeBlock(nn.Module):
                  grid: Optional[Tuple[int, int]], relative: str, dropout: float, backend: str):
         super().__init__()
         for name, value in (("dim", dim), ("heads", heads), ("dim_head", dim_head)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+            check_positive_int(name, value)
+        check_number("dropout", dropout, 0.0, 1.0, high_inclusive=False)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         self.dim, self.heads, self.dim_head = dim, heads, dim_head
@@ -74,11 +73,7 @@ class RelativeBlock(nn.Module):
 
     def _prepare(self, x: torch.Tensor, grid: Optional[Tuple[int, int]]):
         """Checks x and returns (normed x, key index, query index, resolved backend)."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape (B, N, dim={self.dim}), got {shape}")
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        check_tokens(x, self.dim, self.norm.weight, f"{type(self).__name__} block")
         n = x.shape[1]
         size = self.layout.size_of(n, grid)
         if self.layout.is_2d and tuple(size) != self.layout.grid:

@@ -11,13 +11,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .._checks import check_image, check_positive_int, check_positive_odd_int
 from ..ops.pixel_shift_products import pixel_shift_products, shift_offsets
 from ..ops.xvolution_fold import xvolution_fold
 
 
 def _odd(name: str, k: int) -> None:
-    if not isinstance(k, int) or k < 1 or k % 2 == 0:
-        raise ValueError(f"{name} must be a positive odd int (the branches are folded at the kernel centre), got {k!r}")
+    check_positive_odd_int(name, k, why=" (the branches are folded at the kernel centre)")
 
 
 class XVolution(nn.Module):
@@ -43,6 +43,8 @@ class XVolution(nn.Module):
                  shift_lengths: Sequence[int] = (1,), pssa_kernel_size: int = 1, extra_branches: bool = False,
                  deploy: bool = False):
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("stride", stride)):
+            check_positive_int(name, value)
         _odd("kernel_size", kernel_size)
         _odd("pssa_kernel_size", pssa_kernel_size)
         if pssa_kernel_size > kernel_size:
@@ -72,8 +74,8 @@ class XVolution(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Ci, H, W) -> (B, Co, ceil(H / stride), ceil(W / stride))."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        conv = self.deployed_conv if self.deployed else self.conv
+        check_image(x, self.in_channels, conv.weight, "XVolution block")
         t = pixel_shift_products(x, self.shifts)
         if self.deployed:
             return self.deployed_conv(torch.cat([x, t], dim=1))

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._checks import check_image, check_positive_int, is_int
 from .xvolution import _odd
 
 
@@ -27,9 +28,14 @@ class XVolutionSA(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, heads: int = 1):
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("stride", stride)):
+            check_positive_int(name, value)
         _odd("kernel_size", kernel_size)
+        message = f"heads must be a positive divisor of out_channels = {out_channels}, got {heads!r}"
+        if not is_int(heads):
+            raise TypeError(message)
         if heads < 1 or out_channels % heads:
-            raise ValueError(f"heads must be a positive divisor of out_channels = {out_channels}, got {heads}")
+            raise ValueError(message)
         self.in_channels, self.out_channels, self.kernel_size, self.stride, self.heads = (
             in_channels, out_channels, kernel_size, stride, heads)
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
@@ -53,8 +59,7 @@ class XVolutionSA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Ci, H, W) -> (B, Co, ceil(H / stride), ceil(W / stride))."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        check_image(x, self.in_channels, self.conv.weight, "XVolutionSA block")
         return self.bn_conv(self.conv(x)) + self.bn_attn(self.attention(x))
 
     def reparameterize(self) -> "XVolutionSA":

@@ -13,8 +13,11 @@ import torch.nn.functional as F
 
 from .. import _native
 from .._autocast import autocast_inputs
+from .._checks import check_float_dtype, check_positive_int, check_positive_odd_int, check_tensor
 
 __all__ = ["acmix_window_attention", "acmix_window_attention_reference"]
+
+_OP = "acmix_window_attention: "
 
 
 def acmix_window_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pe: torch.Tensor, heads: int,
@@ -57,13 +60,50 @@ def acmix_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pe
     Returns:
         (B, C, ceil(H / s), ceil(W / s)); differentiable in q, k, v and pe.
     """
+    for name, t in (("q", q), ("k", k), ("v", v), ("pe", pe)):
+        check_tensor(name, t, _OP)
     q, k, v, pe = autocast_inputs(q.device.type, q, k, v, pe)
+    pe = _check_args(q, k, v, pe, heads, window, stride)
     if q.device.type not in _native.ACMIX_DEVICE_TYPES:
-        return acmix_window_attention_reference(q, k, v, pe if pe.dim() == 4 else pe[None], heads, window, stride)
-    scale = (q.shape[1] // heads) ** -0.5 if heads > 0 else 1.0  # the kernel checks heads | C
-    out, _ = torch.ops.translution_ext.acmix_window_attention(
-        q, k, v, pe[0] if pe.dim() == 4 else pe, heads, window, stride, scale)
+        return acmix_window_attention_reference(q, k, v, pe[None], heads, window, stride)
+    scale = (q.shape[1] // heads) ** -0.5
+    out, _ = torch.ops.translution_ext.acmix_window_attention(q, k, v, pe, heads, window, stride, scale)
     return out
+
+
+def _check_args(q, k, v, pe, heads, window, stride) -> torch.Tensor:
+    """The C++ checks (same rules and words) for every device, before any arithmetic; returns pe as (hd, H, W)."""
+    check_tensor("q", q, _OP, ndim=4, shape="(B, C, H, W)")
+    check_float_dtype("q", q, _OP)
+    for name, t in (("k", k), ("v", v)):
+        if tuple(t.shape) != tuple(q.shape):
+            raise ValueError(f"{_OP}{name} must have the shape of q {tuple(q.shape)}, got {tuple(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{_OP}{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
+    c, h, w = q.shape[1:]
+    check_positive_int("heads", heads, _OP)
+    if c % heads:
+        raise ValueError(f"{_OP}heads must divide C == {c}, got {heads}")
+    hd = c // heads
+    if pe.dim() == 4:  # one position grid, shared by the whole batch
+        if pe.shape[0] != 1:
+            raise ValueError(f"{_OP}pe must have batch size 1 (one position grid shared by the batch), "
+                             f"got shape {tuple(pe.shape)}")
+        pe = pe[0]
+    if tuple(pe.shape) != (hd, h, w):
+        raise ValueError(f"{_OP}pe must have shape (hd, H, W) = {(hd, h, w)} or (1, hd, H, W), "
+                         f"got {tuple(pe.shape)}")
+    if pe.dtype != q.dtype:
+        raise TypeError(f"{_OP}pe must have the dtype of q ({q.dtype}), got {pe.dtype}")
+    check_positive_odd_int("window", window, _OP)
+    check_positive_int("stride", stride, _OP)
+    if window // 2 >= h or window // 2 >= w:
+        raise ValueError(f"{_OP}H and W must exceed window // 2 == {window // 2} (reflection padding), "
+                         f"got {h} x {w}")
+    for name, t in (("k", k), ("v", v), ("pe", pe)):
+        if t.device != q.device:
+            raise ValueError(f"{_OP}{name} must be on q's device ({q.device}), got {t.device}")
+    return pe
 
 
 def _register() -> None:

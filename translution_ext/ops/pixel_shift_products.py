@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _native
+from .._checks import check_float_dtype, is_int
 
 __all__ = ["DIRECTIONS", "pixel_shift_products", "pixel_shift_products_reference", "shift_offsets"]
 
@@ -24,8 +25,11 @@ DIRECTIONS: Tuple[Tuple[int, int], ...] = tuple(
 
 def shift_offsets(shift_lengths: Sequence[int] = (1,)) -> List[Tuple[int, int]]:
     """The shifts D: the 8 directions scaled by each length, length-major."""
-    if not shift_lengths or any(not isinstance(n, int) or n < 1 for n in shift_lengths):
-        raise ValueError(f"shift_lengths must be a non-empty sequence of positive ints, got {shift_lengths!r}")
+    message = f"shift_lengths must be a non-empty sequence of positive ints, got {shift_lengths!r}"
+    if not isinstance(shift_lengths, Sequence) or isinstance(shift_lengths, str):
+        raise TypeError(message)
+    if not shift_lengths or any(not is_int(n) or n < 1 for n in shift_lengths):
+        raise ValueError(message)
     return [(n * dy, n * dx) for n in shift_lengths for dy, dx in DIRECTIONS]
 
 
@@ -41,12 +45,19 @@ def _check(x: torch.Tensor, shifts) -> List[int]:
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"{_OP}x must be a 4-D tensor (B, C, H, W), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise TypeError(f"{_OP}x must have dtype float16, bfloat16, float32 or float64, got {x.dtype}")
-    flat = [int(v) for pair in shifts for v in pair]
-    if not flat:
+    check_float_dtype("x", x, _OP)
+    if not isinstance(shifts, Sequence) or isinstance(shifts, str):
+        raise TypeError(f"{_OP}shifts must be a non-empty list of (dy, dx) pairs, got {type(shifts).__name__}")
+    if not shifts:
         raise ValueError(f"{_OP}shifts must be a non-empty list of (dy, dx) pairs")
-    return flat
+    for i, pair in enumerate(shifts):
+        message = f"{_OP}shifts[{i}] must be a pair of ints (dy, dx), got {pair!r}"
+        if isinstance(pair, Sequence) and len(pair) != 2:
+            raise ValueError(message)
+        # A shift is a whole number of pixels: int(0.5) would silently become 0.
+        if not isinstance(pair, Sequence) or not all(is_int(v) for v in pair):
+            raise TypeError(message)
+    return [v for pair in shifts for v in pair]
 
 
 def pixel_shift_products(x: torch.Tensor, shifts: Sequence[Tuple[int, int]]) -> torch.Tensor:

@@ -18,11 +18,11 @@ import torch
 
 from .. import _native
 from .._autocast import autocast_inputs
+from .._checks import check_float_dtype, check_tensor
 
 __all__ = ["relative_offset_projection", "relative_offset_projection_by_class", "relative_offset_projection_gathered"]
 
 _SIDES = ("key", "query")
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INDEX_DTYPES = (torch.int64, torch.int32)
 _OP = "relative_offset_projection: "
 
@@ -64,11 +64,8 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, side
     """Shape, dtype and device checks (the same rules and words as the C++ checks)."""
     if side not in _SIDES:
         raise ValueError(f"{_OP}side must be 'key' or 'query', got {side!r}")
-    for name, t in (("x", x), ("weight", weight), ("index", index)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{_OP}{name} must be a torch.Tensor, got {type(t).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{_OP}x must have dtype float16, bfloat16, float32 or float64, got {x.dtype}")
+    _check_tensors(x, weight, index)
+    check_float_dtype("x", x, _OP)
     if weight.dtype != x.dtype:
         raise TypeError(
             f"{_OP}weight must have the same dtype as the other floating-point inputs ({x.dtype}), "
@@ -101,6 +98,11 @@ def _check_args(x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, side
             f"{_OP}weight must have shape (R, C, D) with C == x.size(-1) == {x.shape[2]}, got "
             f"{tuple(weight.shape)}"
         )
+
+
+def _check_tensors(x, weight, index) -> None:
+    for name, t in (("x", x), ("weight", weight), ("index", index)):
+        check_tensor(name, t, _OP)
 
 
 def _check_index_range(index: torch.Tensor, num_classes: int) -> None:
@@ -136,6 +138,7 @@ def relative_offset_projection(
         (B, Nq, Nk, D).  Differentiable in x and weight.  The (Nq, Nk, C, D)
         gathered weight tensor is never built.
     """
+    _check_tensors(x, weight, index)
     if x.is_floating_point():
         x, weight = autocast_inputs(x.device.type, x, weight)
     if x.device.type in _native.NATIVE_DEVICE_TYPES:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .. import _native
 from .._autocast import autocast_inputs
+from .._checks import check_float_dtype, check_positive_int, check_tensor
 from .relative_offset_projection import relative_offset_projection_by_class
 
 _OP = "translution_attention: "
@@ -38,6 +39,10 @@ def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 def pair_scores(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
     """<q_ij, k_ij> per head: (B, H, N, N) from shared or relative q and k."""
+    check_positive_int("heads", heads)
+    for name, t in (("q", q), ("k", k)):
+        if t.shape[-1] % heads:
+            raise ValueError(f"{name}.size(-1) must be a multiple of heads == {heads}, got {tuple(t.shape)}")
     if q.dim() == 3 and k.dim() == 3:  # both shared: an ordinary batched GEMM
         return torch.einsum("bihd,bjhd->bhij", _heads(q, heads), _heads(k, heads))
     # A relative operand makes this a per-pair dot product: memory-bound, so a
@@ -121,6 +126,13 @@ def translution_attention(
         O(B·H·N) plus a per-thread block of scores, never O(N²·D).  Devices without the
         fused kernels compute the same result through per-pair tensors.
     """
+    check_positive_int("heads", heads, _OP)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise TypeError(f"{_OP}scale must be a real number or None, got {scale!r}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"{_OP}causal must be a bool, got {causal!r}")
+    if x is not None:
+        check_tensor("x", x, _OP)
     shared = [q, k, v]
     tables = [q_table, k_table, v_table]
     sources = [q_source, k_source, v_source]
@@ -129,20 +141,101 @@ def translution_attention(
             if x is None:
                 raise ValueError(f"{_OP}{role}_table needs {role}_source or x")
             sources[r] = x
-    if scale is None:
-        width = sum(t.shape[-1] for t in (q, q_table) if t is not None) // heads
-        scale = width ** -0.5
+    names = [*ROLES, *(f"{r}_source" for r in ROLES), *(f"{r}_table" for r in ROLES)]
     tensors = shared + sources + tables
-    ref = next((t for t in tensors if t is not None), None)
+    for name, t in zip(names, tensors):
+        if t is not None:
+            check_tensor(name, t, _OP)
+    # The first shared tensor or source, in role order: the others must match its dtype, device, B and N.
+    ref = next((t for r in range(3) for t in (shared[r], sources[r]) if t is not None), None)
     if ref is None:
-        raise ValueError(f"{_OP}no role is given")
+        raise ValueError(f"{_OP}no role is given: each of q, k, v needs a shared tensor or a source and a table")
     tensors = autocast_inputs(ref.device.type, *tensors)
+    parts = [(tensors[r], tensors[3 + r], tensors[6 + r]) for r in range(3)]
+    width = _check_args(parts, key_index, query_index, heads)
+    scale = width ** -0.5 if scale is None else scale
     if ref.device.type not in _native.FUSED_DEVICE_TYPES:
-        parts = [(tensors[r], tensors[3 + r], tensors[6 + r]) for r in range(3)]
+        _check_index_ranges(parts, key_index, query_index)
         return translution_attention_reference(parts, key_index, query_index, heads, float(scale), causal)
     out, _ = torch.ops.translution_ext.translution_attention(
         *tensors, key_index, query_index, heads, float(scale), causal)
     return out
+
+
+def _check_args(parts, key_index, query_index, heads: int) -> int:
+    """The C++ checks (same rules and words) on every device, before any arithmetic.
+
+    ``parts[r] = (shared, source, table)`` per role.  Returns q's width per head.
+    """
+    ref = next(t for shared, source, _ in parts for t in (shared, source) if t is not None)
+    check_float_dtype("inputs", ref, _OP)
+    if ref.dim() != 3:
+        raise ValueError(f"{_OP}inputs must be 3-D tensors (B, N, ...), got shape {tuple(ref.shape)}")
+    b, n = ref.shape[:2]
+
+    def like(t, name, what):
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{_OP}{name} must have the same dtype as the other inputs ({ref.dtype}), got {t.dtype}")
+        if t.device != ref.device:
+            raise ValueError(f"{_OP}{name} must be on the same device as the other inputs ({ref.device}), "
+                             f"got {t.device}")
+        if what and (t.dim() != 3 or t.shape[0] != b or t.shape[1] != n):
+            raise ValueError(f"{_OP}{name} must have shape (B, N, {what}) with (B, N) == ({b}, {n}) like the other "
+                             f"inputs, got {tuple(t.shape)}")
+
+    widths = []
+    for role, (shared, source, table) in zip(ROLES, parts):
+        if (source is None) != (table is None):
+            raise ValueError(f"{_OP}{role}_source and {role}_table must be given together (a relative part), got only "
+                             f"{role}_source")
+        if shared is None and table is None:
+            raise ValueError(f"{_OP}role {role} needs {role} (shared) or {role}_table with its source (relative), "
+                             "got neither")
+        width = 0
+        if shared is not None:
+            like(shared, role, "H*d")
+            if shared.shape[2] % heads:
+                raise ValueError(f"{_OP}{role}.size(2) must be a multiple of heads == {heads}, "
+                                 f"got {tuple(shared.shape)}")
+            width += shared.shape[2] // heads
+        if table is not None:
+            like(source, f"{role}_source", "C")
+            like(table, f"{role}_table", "")
+            c = source.shape[2]
+            if table.dim() != 3 or table.shape[0] == 0 or table.shape[1] != c or table.shape[2] % heads:
+                raise ValueError(f"{_OP}{role}_table must have shape (R, C, H*d) with R > 0, C == {role}_source.size(2)"
+                                 f" == {c} and H*d a multiple of heads == {heads}, got {tuple(table.shape)}")
+            width += table.shape[2] // heads
+        widths.append(width)
+    if all(table is None for _, _, table in parts):
+        raise ValueError(f"{_OP}at least one of q_table, k_table, v_table must be given")
+    if widths[0] != widths[1]:
+        raise ValueError(f"{_OP}q and k must have the same width per head (shared + relative), got {widths[0]} "
+                         f"and {widths[1]}")
+    if widths[0] == 0:
+        raise ValueError(f"{_OP}q and k must have a positive width per head (shared + relative), got 0")
+    for name, index in (("key_index", key_index), ("query_index", query_index)):
+        check_tensor(name, index, _OP)
+        if tuple(index.shape) != (n, n):
+            raise ValueError(f"{_OP}{name} must have shape (N, N) with N == {n}, got {tuple(index.shape)}")
+        if index.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{_OP}{name} must have dtype int64 or int32, got {index.dtype}")
+        if index.device != ref.device:
+            raise ValueError(f"{_OP}{name} must be on the same device as the other inputs ({ref.device}), "
+                             f"got {index.device}")
+    return widths[0]
+
+
+def _check_index_ranges(parts, key_index: torch.Tensor, query_index: torch.Tensor) -> None:
+    """Every index value must name a row of the tables it selects from (the native kernels check this too)."""
+    for role, (_, _, table) in zip(ROLES, parts):
+        index, name = (query_index, "query_index") if role == "q" else (key_index, "key_index")
+        if table is None or index.numel() == 0:
+            continue
+        lo, hi = (int(t) for t in torch.aminmax(index))
+        if lo < 0 or hi >= table.shape[0]:
+            raise ValueError(f"{_OP}{name} values must lie in [0, R) with R = {role}_table.size(0) == "
+                             f"{table.shape[0]}, got min {lo} and max {hi}")
 
 
 def _register() -> None:
