@@ -89,3 +89,47 @@ def test_cli_argument_errors():
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="no CUDA device"):
             main(["bench", "relproj", "--device", "cuda"])
+
+
+def measured(impl, seconds, peak_mb, tokens=128, **notes):
+    return dict(op="translution", impl=impl, length=tokens, tokens=tokens, seconds=seconds, gflops=1.0,
+                peak_mb=peak_mb, **notes)
+
+
+def test_summary_gives_no_memory_ratio_for_a_partial_reference():
+    ours = measured("ours", 1.0, 100.0)
+    whole = cli.summary("translution", {"ours": ours, "reference": measured("reference", 5.0, 950.0)})
+    assert "5.0x faster than reference, 9.5x less peak memory" in whole
+    partial = cli.summary("translution", {"ours": ours, "reference": measured("reference", 5.0, 950.0,
+                                                                              timed_rows=32, full_rows=128)})
+    assert "less peak memory" not in partial and "more peak memory" not in partial
+    assert "5.0x faster than reference (time extrapolated from 32 of 128 rows)" in partial
+    assert "peak memory not measured at full size (it ran on 32 of 128 rows)" in partial
+
+
+def test_plot_marks_partial_and_failed_points(monkeypatch):
+    from translution_ext import _plotting
+
+    if _plotting.pyplot() is None:
+        pytest.skip("matplotlib is not installed")
+    figures = []
+    monkeypatch.setattr(_plotting, "save", lambda fig, path: figures.append(fig))
+    results = [measured("ours", 1.0, 100.0, 64), measured("ours", 2.0, 150.0),
+               measured("reference", 5.0, 950.0, 64), measured("reference", 20.0, 900.0, timed_rows=32, full_rows=128),
+               dict(op="translution", impl="sdpa", length=128, tokens=128, error="out of memory")]
+    assert cli.write_plot("unused.png", "translution", results, "title") is None
+    fig = figures[0]
+    memory = fig.axes[1]
+    assert "32/128 rows" in [t.get_text() for t in memory.texts]
+    hollow = [line for line in memory.get_lines() if line.get_markerfacecolor() == "white"]
+    assert [(list(line.get_xdata()), list(line.get_ydata())) for line in hollow] == [([128], [900.0])]
+    footnote = fig._supxlabel.get_text()
+    assert "hollow: measured on the first rows only" in footnote and "failed, not drawn: sdpa at 128 tokens" in footnote
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--help"])
+    assert done.value.code == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "(default: 4.0)" in printed and "(default: 192)" in printed and "(default: cpu)" in printed

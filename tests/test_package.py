@@ -96,4 +96,17 @@ def test_info_command_reports_backends():
     dropout = subprocess.run([sys.executable, "-m", "translution_ext", "info", "--device", "cpu", "--dropout", "0.1"],
                              capture_output=True, text=True, check=True).stdout
     assert "training with attention dropout 0.1" in dropout
-    assert "fused      cannot run: the fused kernels do not apply dropout" in dropout
+    assert "fused      cannot run: the fused kernels do not apply attention dropout (0.1 while training)" in dropout
+
+
+def test_info_gives_every_reason_a_backend_cannot_run(monkeypatch):
+    from translution_ext import __main__ as cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    lines = cli.info("cuda", dropout=0.1).splitlines()
+    backends = {line.split()[0]: line.split(None, 1)[1] for line in lines if line.startswith("  ") and
+                line.split()[0] in ("fused", "native", "reference")}
+    assert backends["reference"] == "cannot run: no CUDA device here"
+    assert backends["native"].startswith("cannot run: no CUDA device here")
+    assert backends["fused"].startswith("cannot run: no CUDA device here")
+    assert backends["fused"].endswith("the fused kernels do not apply attention dropout (0.1 while training)")

@@ -13,6 +13,7 @@ from typing import List, Optional
 import torch
 
 from . import __version__, _native
+from ._cli import HelpFormatter
 from .nn.functional import BACKENDS, backend_unavailable_reason
 
 OPS = {
@@ -23,24 +24,37 @@ OPS = {
 }
 
 
+def backend_reasons(backend: str, device: str, dropout: float) -> List[str]:
+    """Every reason why ``backend`` cannot run a layer with attention dropout ``dropout`` (while
+    training) on ``device`` here; empty when it can."""
+    reasons = ["no CUDA device here"] if device == "cuda" and not torch.cuda.is_available() else []
+    kernels = backend_unavailable_reason(backend, torch.device(device), dropout_active=False)
+    if kernels is not None:
+        reasons.append(kernels)
+    if backend == "fused" and dropout > 0:
+        reasons.append(f"the fused kernels do not apply attention dropout ({dropout} while training)")
+    return reasons
+
+
 def info(device: str, dropout: float = 0.0) -> str:
     """What was compiled, and which Translution backends can run on ``device`` (and why not)
     for a layer with attention dropout ``dropout`` while training."""
     b = _native.build_info()
     lines = [f"translution_ext {__version__}, torch {torch.__version__}",
-             f"native library: {'loaded' if b['native'] else 'not loaded: ' + str(b['load_error'])}"]
+             f"native library: {'loaded from ' + b['library'] if b['native'] else 'not loaded: ' + str(b['load_error'])}"]
     if b["native"]:
         lines.append(f"built against torch {b['torch_version']}; CPU kernels: {b['cpu']}; CUDA kernels: {b['cuda']}"
                      + (f" (CUDA {b['cuda_version']}, archs {b['cuda_archs']})" if b["cuda"] else ""))
-    lines.append(f"CUDA device available: {torch.cuda.is_available()}")
+    lines.append(f"CUDA device available: {torch.cuda.is_available()}"
+                 + (f" (torch {torch.__version__} is a CPU-only build)" if torch.version.cuda is None else ""))
     lines.append("native kernels by op:")
     for op, devices in OPS.items():
         lines.append(f"  {op:42} {', '.join(sorted(devices)) or 'none (pure-PyTorch reference)'}")
     layer = f"training with attention dropout {dropout}" if dropout > 0 else "no attention dropout"
     lines.append(f"Translution / AlphaTranslution backends on {device}, {layer} (auto takes the first that can run):")
     for backend in BACKENDS[1:]:
-        reason = backend_unavailable_reason(backend, torch.device(device), dropout_active=dropout > 0)
-        lines.append(f"  {backend:10} {'can run' if reason is None else 'cannot run: ' + reason}")
+        reasons = backend_reasons(backend, device, dropout)
+        lines.append(f"  {backend:10} {'cannot run: ' + '; '.join(reasons) if reasons else 'can run'}")
     return "\n".join(lines)
 
 
@@ -49,18 +63,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m translution_ext", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    info_cmd = commands.add_parser("info", help="what was compiled and which backends can run here")
+    info_cmd = commands.add_parser("info", help="what was compiled and which backends can run here",
+                                   formatter_class=HelpFormatter)
     info_cmd.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                          choices=["cpu", "cuda"])
+                          choices=["cpu", "cuda"], help="the device to report the backends for")
     info_cmd.add_argument("--dropout", type=float, default=0.0,
                           help="the layer's attention dropout (while training, some backends cannot apply it)")
     from . import demo
     from .profiler import cli as bench
 
     demo.add_arguments(commands.add_parser("demo", help="the Dynamic-MNIST experiment (needs the [demo] extra)",
-                                           description=demo.DESCRIPTION))
+                                           description=demo.DESCRIPTION, formatter_class=HelpFormatter))
     bench.add_arguments(commands.add_parser("bench", help="profile an op against its same-run baselines",
-                                            description=bench.__doc__))
+                                            description=bench.__doc__, formatter_class=HelpFormatter))
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo.run(args)

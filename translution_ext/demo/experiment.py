@@ -1,7 +1,8 @@
 """``python -m translution_ext demo``: the Dynamic-MNIST experiment of the Translution paper.
 
 Every model trains on digits fixed at the centre of the canvas and is tested on the same
-test digits at the centre (static -> static) and at random positions (static -> dynamic).
+test digits at the centre ("static → static"), at random positions ("static → dynamic") and
+moved by whole ViT patches ("static → whole-patch moves").
 """
 from __future__ import annotations
 
@@ -35,14 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None,
                    help=f"epochs per model and seed (default {DEFAULT_EPOCHS}; {QUICK_EPOCHS} with --quick)")
     p.add_argument("--models", nargs="+", default=list(models.MODEL_NAMES), choices=models.MODEL_NAMES,
-                   help="the models to train")
+                   metavar="MODEL", help="the models to train, from " + ", ".join(models.MODEL_NAMES))
     p.add_argument("--data", default="digits", choices=["digits", "mnist"],
                    help="digits: scikit-learn's 8x8 digits; mnist: IDX files under --root")
     p.add_argument("--root", default=None, help="folder with the MNIST IDX files (for --data mnist)")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training digits")
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N test digits")
     p.add_argument("--batch-size", type=int, default=None,
-                   help=f"default {DEFAULT_BATCH} ({QUICK_BATCH} with --quick)")
+                   help=f"default {DEFAULT_BATCH}" + (f" ({QUICK_BATCH} with --quick)" if QUICK_BATCH != DEFAULT_BATCH
+                                                       else ", also with --quick"))
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="seeds of the data split, test positions, initialisation and batch order; every model "
                         f"trains once per seed (default {' '.join(map(str, DEFAULT_SEEDS))}; "

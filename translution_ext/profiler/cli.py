@@ -32,11 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "defaults: " + "; ".join(f"{k} {v}" for k, v in DEFAULT_LENGTHS.items()))
     p.add_argument("--impls", nargs="+", default=None, help="a subset of the op's implementations")
     p.add_argument("--batch", type=int, default=None, help="8 on CPU, 32 on CUDA by default")
-    p.add_argument("--dim", type=int, default=192, help="C (and D = C)")
-    p.add_argument("--heads", type=int, default=3)
+    p.add_argument("--dim", type=int, default=192, help="channels C (and D = C)")
+    p.add_argument("--heads", type=int, default=3, help="attention heads (translution, acmix, sdpa)")
     p.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"],
                    help="float32 on CPU, bfloat16 on CUDA by default")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
     p.add_argument("--backend", default="auto", choices=["auto", "fused", "native", "reference"],
                    help="the Translution backend of 'ours'")
     p.add_argument("--layout", default="1d", choices=["1d", "causal", "2d_cls"],
@@ -85,6 +85,22 @@ def _times(ratio: float, more: str, less: str) -> str:
     return f"{ratio:.1f}x {more}" if ratio >= 1 else f"{1 / ratio:.1f}x {less}"
 
 
+def _partial_note(r: dict, what: str) -> str:
+    """For a measurement on fewer rows than the full workload: " (time extrapolated from 32 of 128 rows)"."""
+    return f" ({what} extrapolated from {r['timed_rows']} of {r['full_rows']} rows)" if "timed_rows" in r else ""
+
+
+def _memory_comparison(base: dict, ours: dict) -> str:
+    """Peak memory of ours against the baseline; none when the baseline ran on fewer rows, whose
+    memory says nothing about the full size."""
+    if "timed_rows" in base:
+        return (f"peak memory not measured at full size (it ran on {base['timed_rows']} of "
+                f"{base['full_rows']} rows)")
+    if min(base["peak_mb"], ours["peak_mb"]) < 1:
+        return "peak memory under 1 MB"
+    return f"{_times(base['peak_mb'] / ours['peak_mb'], 'less', 'more')} peak memory"
+
+
 def summary(op: str, by_impl: Dict[str, dict]) -> str:
     """The same-run ratios of one length: ours vs the baseline, the roofline and SDPA."""
     ours = by_impl.get("ours")
@@ -93,12 +109,11 @@ def summary(op: str, by_impl: Dict[str, dict]) -> str:
     parts = []
     base = by_impl.get(BASELINE[op])
     if base and "seconds" in base:
-        memory = (f"{_times(base['peak_mb'] / ours['peak_mb'], 'less', 'more')} peak memory"
-                  if min(base["peak_mb"], ours["peak_mb"]) >= 1 else "peak memory under 1 MB")
-        parts.append(f"{_times(base['seconds'] / ours['seconds'], 'faster', 'slower')} than {BASELINE[op]}, {memory}")
+        parts.append(f"{_times(base['seconds'] / ours['seconds'], 'faster', 'slower')} than {BASELINE[op]}"
+                     f"{_partial_note(base, 'time')}, {_memory_comparison(base, ours)}")
     roof = by_impl.get(ROOFLINE[op])
     if roof and "seconds" in roof:
-        parts.append(f"{roof['seconds'] / ours['seconds']:.2f} of the {ROOFLINE[op]} roofline")
+        parts.append(f"{roof['seconds'] / ours['seconds']:.2f} of the {ROOFLINE[op]} roofline{_partial_note(roof, 'time')}")
     sdpa = by_impl.get("sdpa")
     if sdpa and "seconds" in sdpa:
         parts.append(f"{ours['seconds'] / sdpa['seconds']:.1f}x the time of SDPA")
@@ -106,19 +121,31 @@ def summary(op: str, by_impl: Dict[str, dict]) -> str:
 
 
 def write_plot(path: str, op: str, results: List[dict], title: str) -> Optional[str]:
-    """Time and peak memory against tokens, one line per implementation; why not, if matplotlib is missing."""
+    """Time and peak memory against tokens, one line per implementation; why not, if matplotlib is missing.
+
+    A measurement on fewer rows than the full workload is drawn hollow: its time is scaled to all
+    rows; its memory, at those rows, is off the line and labelled with the rows it ran on.  Failed
+    measurements are listed under the plots.
+    """
     plt = _plotting.pyplot()
     if plt is None:
         return _plotting.MISSING
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4.4))
     for impl in OPS[op][1]:
         pts = [r for r in results if r["impl"] == impl and "seconds" in r]
-        if pts:
-            xs = [r["tokens"] for r in pts]
-            ax_t.plot(xs, [1e3 * r["seconds"] for r in pts], marker="o", label=impl)
-            whole = [r for r in pts if "timed_rows" not in r]  # memory of a partial run is not comparable
-            ax_m.plot([r["tokens"] for r in whole], [max(r["peak_mb"], 1e-1) for r in whole], marker="o",
-                      label=impl)
+        if not pts:
+            continue
+        line, = ax_t.plot([r["tokens"] for r in pts], [1e3 * r["seconds"] for r in pts], marker="o", label=impl)
+        whole = [r for r in pts if "timed_rows" not in r]
+        partial = [r for r in pts if "timed_rows" in r]
+        ax_m.plot([r["tokens"] for r in whole], [max(r["peak_mb"], 1e-1) for r in whole], marker="o",
+                  color=line.get_color(), label=impl)
+        for r in partial:
+            ax_t.plot(r["tokens"], 1e3 * r["seconds"], marker="o", markerfacecolor="white", color=line.get_color())
+            ax_m.plot(r["tokens"], max(r["peak_mb"], 1e-1), marker="o", markerfacecolor="white",
+                      color=line.get_color(), linestyle="none")
+            ax_m.annotate(f"{r['timed_rows']}/{r['full_rows']} rows", (r["tokens"], max(r["peak_mb"], 1e-1)),
+                          textcoords="offset points", xytext=(4, -10), fontsize=7, color=line.get_color())
     for ax, label in ((ax_t, "time (ms)"), (ax_m, "peak memory (MB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -126,6 +153,14 @@ def write_plot(path: str, op: str, results: List[dict], title: str) -> Optional[
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     ax_t.legend()
+    notes = []
+    if any("timed_rows" in r for r in results):
+        notes.append("hollow: measured on the first rows only (time scaled to all rows; memory at those rows)")
+    failed = [f"{r['impl']} at {r['tokens']} tokens" for r in results if "error" in r]
+    if failed:
+        notes.append("failed, not drawn: " + ", ".join(failed))
+    if notes:
+        fig.supxlabel("\n".join(notes), fontsize=7, x=0.01, ha="left")
     fig.suptitle(title, fontsize=9)
     _plotting.save(fig, path)
     return None
