@@ -5,6 +5,7 @@ import os
 import stat
 import struct
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -162,12 +163,34 @@ def test_demo_records_which_kernels_ran(tmp_path, capsys):
     assert "AlphaTranslution: " + kernels["vit_alpha"]["AlphaTranslution"] in printed
 
 
-def test_demo_argument_errors(tmp_path):
-    with pytest.raises(SystemExit, match="--root"):
-        main(["demo", "--data", "mnist", "--out", str(tmp_path)])
+def test_demo_argument_errors(tmp_path, capsys):
+    assert main(["demo", "--data", "mnist", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("python -m translution_ext demo: error: --data mnist needs --root DIR, "
+                                       "the folder with the MNIST IDX files\n")
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match="no CUDA device"):
-            main(["demo", "--device", "cuda", "--out", str(tmp_path)])
+        assert main(["demo", "--device", "cuda", "--out", str(tmp_path)]) == 2
+        error = capsys.readouterr().err
+        assert "--device cuda: " in error and ("CPU-only build" in error or "no CUDA device" in error)
+    (tmp_path / "file").write_text("")
+    assert main(["demo", "--out", str(tmp_path / "file" / "out")]) == 2
+    assert "cannot create the folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--epochs", "0"])
+    assert done.value.code == 2 and "--epochs: 0 must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "mnist", "--root", "/nonexistent"], "--root '/nonexistent' has no train-images-idx3-ubyte"),
+    (["--device", "cuda"], "--device cuda: "),
+])
+def test_demo_errors_are_one_line_without_traceback(tmp_path, args, message):
+    if args[0] == "--device" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is available")
+    done = subprocess.run([sys.executable, "-m", "translution_ext", "demo", *args, "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("python -m translution_ext demo: error: " + message)
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
 
 
 def test_check_deployment_catches_a_difference(monkeypatch):

@@ -13,7 +13,7 @@ from typing import List, Optional
 import torch
 
 from . import __version__, _native
-from ._cli import HelpFormatter
+from ._cli import HelpFormatter, UsageError
 from .nn.functional import BACKENDS, backend_unavailable_reason
 
 OPS = {
@@ -77,10 +77,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench.add_arguments(commands.add_parser("bench", help="profile an op against its same-run baselines",
                                             description=bench.__doc__, formatter_class=HelpFormatter))
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo.run(args)
-    if args.command == "bench":
-        return bench.run(args)
+    try:
+        if args.command == "demo":
+            return demo.run(args)
+        if args.command == "bench":
+            return bench.run(args)
+    except UsageError as e:  # the user's request, not a bug: one line, no traceback
+        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+        return 2
     print(info(args.device, args.dropout))
     return 0
 

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .. import __version__, _native, reparameterize_model
+from .._cli import UsageError, positive_int, torch_device
 from ..profiler.measure import device_name
 from . import data, models, report, training
 
@@ -33,16 +34,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"a smoke run: {QUICK_EPOCHS} epochs on {QUICK_TRAIN} training digits, batch {QUICK_BATCH}, "
                         "one seed (about 2 minutes on 2 CPU cores); its accuracies are far from converged")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help=f"epochs per model and seed (default {DEFAULT_EPOCHS}; {QUICK_EPOCHS} with --quick)")
     p.add_argument("--models", nargs="+", default=list(models.MODEL_NAMES), choices=models.MODEL_NAMES,
                    metavar="MODEL", help="the models to train, from " + ", ".join(models.MODEL_NAMES))
     p.add_argument("--data", default="digits", choices=["digits", "mnist"],
                    help="digits: scikit-learn's 8x8 digits; mnist: IDX files under --root")
     p.add_argument("--root", default=None, help="folder with the MNIST IDX files (for --data mnist)")
-    p.add_argument("--limit-train", type=int, default=None, help="use only the first N training digits")
-    p.add_argument("--limit-test", type=int, default=None, help="use only the first N test digits")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--limit-train", type=positive_int, default=None, help="use only the first N training digits")
+    p.add_argument("--limit-test", type=positive_int, default=None, help="use only the first N test digits")
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help=f"default {DEFAULT_BATCH}" + (f" ({QUICK_BATCH} with --quick)" if QUICK_BATCH != DEFAULT_BATCH
                                                        else ", also with --quick"))
     p.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -54,13 +55,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args, seed: int) -> data.DynamicMNIST:
-    """The data set of --data for ``seed``; ViT patches are half a digit wide (a 6x6 grid on the 3-digit canvas)."""
-    if args.data == "mnist":
-        if not args.root:
-            raise SystemExit("--data mnist needs --root DIR, the folder with the MNIST IDX files")
-        digits = data.load_mnist(args.root)
-    else:
-        digits = data.load_sklearn_digits(seed=seed)
+    """The data set of --data for ``seed``; ViT patches are half a digit wide (a 6x6 grid on the 3-digit canvas).
+
+    Raises UsageError when the digits cannot be read (missing files or scikit-learn)."""
+    try:
+        if args.data == "mnist":
+            if not args.root:
+                raise UsageError("--data mnist needs --root DIR, the folder with the MNIST IDX files")
+            digits = data.load_mnist(args.root)
+        else:
+            digits = data.load_sklearn_digits(seed=seed)
+    except (OSError, ValueError, RuntimeError) as e:  # the reader's messages name the file and the fix
+        raise UsageError(str(e)) from None
     return data.build(digits, patch=digits.digit_size // 2, seed=seed, limit_train=args.limit_train,
                       limit_test=args.limit_test)
 
@@ -130,11 +136,13 @@ def _settle(args) -> tuple:
 
 def run(args) -> int:
     """Runs the experiment; returns the exit status (1 when the deployed X-volution model differs)."""
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    device = torch_device(args.device)
     start = time.perf_counter()
     epochs, seeds = _settle(args)
+    try:  # now, not after the training
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: cannot create the folder ({e.strerror})") from None
     native = native_status()
     runs: Dict[str, List[dict]] = {name: [] for name in args.models}
     built: Dict[str, torch.nn.Module] = {}
@@ -154,7 +162,6 @@ def run(args) -> int:
     print(report.table(rows))
     if deployment is not None:
         print(report.deployment_summary(deployment))
-    os.makedirs(args.out, exist_ok=True)
     json_path, png_path = os.path.join(args.out, "results.json"), os.path.join(args.out, "results.png")
     report.write_json(json_path, dict(
         experiment="dynamic_mnist", data=ds.source, digit_size=ds.digit_size, canvas_size=ds.canvas_size,

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .. import _plotting
+from .._cli import UsageError, positive_int, torch_device
 from .cases import BASELINE, OPS, PASS, ROOFLINE, Setting, describe, tokens
 from .measure import PeakMemory, WorkerError, device_name, run_json_worker, timed
 
@@ -27,13 +28,13 @@ DEFAULT_LENGTHS = {"relproj": [64, 128, 256], "translution": [64, 128, 256, 512]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The bench command's options (and the hidden --worker of its measurement processes)."""
     p.add_argument("op", choices=sorted(OPS), help="what to measure")
-    p.add_argument("--lengths", type=int, nargs="+", default=None,
+    p.add_argument("--lengths", type=positive_int, nargs="+", default=None,
                    help="tokens N (1D layouts) or grid/image side (2d_cls, acmix, xvolution); "
                         "defaults: " + "; ".join(f"{k} {v}" for k, v in DEFAULT_LENGTHS.items()))
     p.add_argument("--impls", nargs="+", default=None, help="a subset of the op's implementations")
-    p.add_argument("--batch", type=int, default=None, help="8 on CPU, 32 on CUDA by default")
-    p.add_argument("--dim", type=int, default=192, help="channels C (and D = C)")
-    p.add_argument("--heads", type=int, default=3, help="attention heads (translution, acmix, sdpa)")
+    p.add_argument("--batch", type=positive_int, default=None, help="8 on CPU, 32 on CUDA by default")
+    p.add_argument("--dim", type=positive_int, default=192, help="channels C (and D = C)")
+    p.add_argument("--heads", type=positive_int, default=3, help="attention heads (translution, acmix, sdpa)")
     p.add_argument("--dtype", default=None, choices=["float32", "float64", "bfloat16", "float16"],
                    help="float32 on CPU, bfloat16 on CUDA by default")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
@@ -42,11 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", default="1d", choices=["1d", "causal", "2d_cls"],
                    help="token layout of relproj / translution")
     p.add_argument("--relative", default="qkv", help="relative roles of translution")
-    p.add_argument("--window", type=int, default=7, help="ACmix attention window")
+    p.add_argument("--window", type=positive_int, default=7, help="ACmix attention window")
     p.add_argument("--reference-gb", type=float, default=4.0,
                    help="memory the reference approach may take; beyond it, it runs on fewer query rows "
                         "and its time is scaled to all rows")
-    p.add_argument("--repeat", type=int, default=3, help="timed calls after a warm-up; the best counts")
+    p.add_argument("--repeat", type=positive_int, default=3, help="timed calls after a warm-up; the best counts")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--plot", default=None, help="write a PNG of time and memory against length here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -171,12 +172,11 @@ def run(args) -> int:
     if args.worker:
         print(json.dumps(measure(Setting(**json.loads(args.worker)))))
         return 0
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    torch_device(args.device)
     impls = args.impls or list(OPS[args.op][1])
     unknown = sorted(set(impls) - set(OPS[args.op][1]))
     if unknown:
-        raise SystemExit(f"--impls: {args.op} has no {', '.join(unknown)}; choose from {', '.join(OPS[args.op][1])}")
+        raise UsageError(f"--impls: {args.op} has no {', '.join(unknown)}; choose from {', '.join(OPS[args.op][1])}")
     base = Setting(op=args.op, impl="", length=0, batch=args.batch or (8 if args.device == "cpu" else 32),
                    dim=args.dim, heads=args.heads, dtype=args.dtype or ("float32" if args.device == "cpu" else "bfloat16"),
                    device=args.device, backend=args.backend, layout=args.layout, relative=args.relative,
