@@ -18,6 +18,7 @@
 // Deterministic on CPU; on CUDA the row sums use index_add_, which is deterministic when
 // torch.use_deterministic_algorithms(True) is set (as for PyTorch's own ops).
 #include <ATen/Parallel.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <algorithm>
@@ -119,7 +120,8 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_aten(
   // The kernel computes in its own precision: autocast must not recast its inner products.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const AttentionInputs in = make_inputs(q, k, v, qs, ks, vs, qt, kt, vt, key_index, query_index, heads, scale, causal);
-  const AttentionPlan plan = prepare_attention(in);
+  const AttentionPlan plan = prepare_attention(in);  // checks devices first
+  const c10::OptionalDeviceGuard device_guard(in.key_index.device());
   const auto dtype = input_dtype(in);
   const Operands o = to_opmath(in, attention_opmath(dtype));
   const auto opts = at::TensorOptions().dtype(attention_opmath(dtype)).device(key_index.device());
@@ -176,7 +178,8 @@ AttentionGrads attention_backward_aten(
     const at::Tensor& out, const at::Tensor& lse, int64_t heads, double scale, bool causal) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const AttentionInputs in = make_inputs(q, k, v, qs, ks, vs, qt, kt, vt, key_index, query_index, heads, scale, causal);
-  const AttentionPlan plan = prepare_attention(in);
+  const AttentionPlan plan = prepare_attention(in);  // checks devices first
+  const c10::OptionalDeviceGuard device_guard(in.key_index.device());
   const int64_t B = plan.B, N = plan.N, H = plan.H, dv = plan.head_dim(kV), G = plan.num_groups();
   TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({B, N, H * dv}) && out.sizes() == grad_out.sizes(),
                     "translution_attention_backward: grad_out and out must have shape (B, N, H*dv) == (", B,

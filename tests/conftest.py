@@ -1,14 +1,60 @@
 """Shared test helpers: devices, dtypes, tolerances."""
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 
 import pytest
 import torch
 
 import translution_ext
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+# The CUDA emulation build (bash scripts/test_cuda_emulated.sh): the CUDA kernel sources compiled
+# for the CPU, as ops torch.ops.translution_ext_emu.* with the schemas of torch.ops.translution_ext.*.
+EMULATOR_LIBRARY = os.environ.get("CUDA_EMULATOR_LIBRARY", "")
+if EMULATOR_LIBRARY:
+    torch.ops.load_library(EMULATOR_LIBRARY)
+CUDA_OPS = ("relative_offset_projection", "relative_offset_projection_grad_x", "relative_offset_projection_grad_weight",
+            "translution_attention", "translution_attention_backward", "acmix_window_attention",
+            "acmix_window_attention_backward", "pixel_shift_products", "pixel_shift_products_backward")
+
+
+class EmulatedCuda(str):
+    """The device "cpu" of a test parameter that runs the emulated CUDA kernels instead of the CPU kernels."""
+
+
+EMU = EmulatedCuda("cpu")
+requires_emulator = pytest.mark.skipif(
+    not EMULATOR_LIBRARY, reason="emulated CUDA kernels not built (bash scripts/test_cuda_emulated.sh runs these)")
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+           pytest.param(EMU, id="emu", marks=requires_emulator)]
+
+
+@contextlib.contextmanager
+def emulated_cuda_kernels():
+    """Within the block, the CPU kernels of the package's CUDA ops are the emulated CUDA kernels,
+    so the public API (checks, autograd, fake kernels) runs unchanged on top of them."""
+    lib = torch.library.Library("translution_ext", "IMPL")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Oo]verrid.*")
+        for name in CUDA_OPS:
+            emulated = getattr(torch.ops.translution_ext_emu, name).default
+            lib.impl(name, (lambda op: lambda *args: op(*args))(emulated), "CPU")
+    try:
+        yield
+    finally:
+        lib._destroy()
+
+
+@pytest.fixture(autouse=True)
+def _run_emulated_cuda_kernels(request):
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or not any(isinstance(v, EmulatedCuda) for v in callspec.params.values()):
+        yield
+        return
+    with emulated_cuda_kernels():
+        yield
 FLOAT_DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 

@@ -182,7 +182,10 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& q_in, const at
   at::Tensor out = at::empty({g.B, g.C, g.Ho, g.Wo}, q.options());
   at::Tensor attn = at::empty({g.B, g.heads, g.window * g.window, g.Ho, g.Wo},
                               q.options().dtype(at::toOpMathType(q.scalar_type())));
-  if (out.numel() == 0) return {out, attn};
+  if (out.numel() == 0) {  // C == 0: every logit is 0, so the weights are uniform (as on the CPU)
+    attn.fill_(1.0 / static_cast<double>(g.window * g.window));
+    return {out, attn};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "acmix_window_attention", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     launch_kernel<acmix_forward_kernel<scalar_t, acc_t>>(blocks_for(g.B * g.heads * g.Ho * g.Wo), kThreads, 0, at::cuda::getCurrentCUDAStream())(

@@ -165,9 +165,10 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int64_t current_class;
 
   const int tokens = tokens_per_block, batches = kBM / tokens_per_block;
-  const int64_t s0 = static_cast<int64_t>(blockIdx.x) * tokens;
+  const int64_t token_tiles = (g.Ns + tokens - 1) / tokens;
+  const int64_t s0 = (blockIdx.x % token_tiles) * tokens;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN;
-  const int64_t b0 = static_cast<int64_t>(blockIdx.z) * batches;
+  const int64_t b0 = (blockIdx.x / token_tiles) * batches;
   for (int t = threadIdx.x; t < tokens; t += kThreads) {
     const int64_t s = s0 + t;
     cursor[t] = s < g.Ns ? src_offsets[s] : 0;
@@ -237,8 +238,8 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 at::Tensor relproj_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
                                 const at::Tensor& index, c10::string_view side) {
+  Problem pb = prepare_forward(x, weight, index, side);  // checks devices first
   const c10::cuda::CUDAGuard guard(x.device());
-  Problem pb = prepare_forward(x, weight, index, side);
   if (pb.trivial) return pb.result;
   const at::Tensor xc = x.contiguous(), wc = weight.contiguous();
   const PairPlan plan = build_pair_plan(index, pb.g.R, pb.side, /*src_block=*/0);
@@ -262,8 +263,8 @@ at::Tensor relproj_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
 at::Tensor relproj_grad_weight_cuda(const at::Tensor& grad_out, const at::Tensor& x,
                                     const at::Tensor& index, c10::string_view side,
                                     int64_t num_classes) {
+  Problem pb = prepare_grad_weight(grad_out, x, index, side, num_classes);  // checks devices first
   const c10::cuda::CUDAGuard guard(grad_out.device());
-  Problem pb = prepare_grad_weight(grad_out, x, index, side, num_classes);
   if (pb.trivial) return pb.result;
   const at::Tensor go = grad_out.contiguous(), xc = x.contiguous();
   const PairPlan plan = build_pair_plan(index, pb.g.R, pb.side, /*src_block=*/0);
@@ -281,8 +282,8 @@ at::Tensor relproj_grad_weight_cuda(const at::Tensor& grad_out, const at::Tensor
 
 at::Tensor relproj_grad_x_cuda(const at::Tensor& grad_out, const at::Tensor& weight,
                                const at::Tensor& index, c10::string_view side) {
+  Problem pb = prepare_grad_x(grad_out, weight, index, side);  // checks devices first
   const c10::cuda::CUDAGuard guard(grad_out.device());
-  Problem pb = prepare_grad_x(grad_out, weight, index, side);
   if (pb.trivial) return pb.result;
   const at::Tensor go = grad_out.contiguous(), wc = weight.contiguous();
   const PairPlan plan = build_pair_plan(index, pb.g.R, pb.side, /*src_block=*/1);
@@ -290,7 +291,9 @@ at::Tensor relproj_grad_x_cuda(const at::Tensor& grad_out, const at::Tensor& wei
   // every weight slice loaded serves several batch entries.
   const int batches = pb.g.B >= 4 ? 4 : (pb.g.B >= 2 ? 2 : 1);
   const int tokens = kBM / batches;
-  const dim3 grid(ceil_div(pb.g.Ns, tokens), ceil_div(pb.g.C, kBN), ceil_div(pb.g.B, batches));
+  // Token tiles x batch groups go in grid.x (gridDim.z is limited to 65535).
+  const int64_t token_tiles = ceil_div(pb.g.Ns, tokens);
+  const dim3 grid(token_tiles * ceil_div(pb.g.B, batches), ceil_div(pb.g.C, kBN));
   auto stream = at::cuda::getCurrentCUDAStream();
   RELPROJ_DISPATCH(grad_out.scalar_type(), "relproj_grad_x_cuda", [&] {
     launch_kernel<relproj_grad_x_kernel<scalar_t>>(grid, kThreads, 0, stream)(

@@ -2,7 +2,6 @@
 // (translution_attention_aten.cpp) registered for the CUDA dispatch key; its GEMMs run in
 // cuBLAS on the current stream.  Compiled only in CUDA builds, so a CPU build reports no
 // CUDA kernel for the op.
-#include <c10/cuda/CUDAGuard.h>
 #include "launch.cuh"
 #include <torch/library.h>
 
@@ -17,7 +16,6 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(
     const std::optional<at::Tensor>& qs, const std::optional<at::Tensor>& ks, const std::optional<at::Tensor>& vs,
     const std::optional<at::Tensor>& qt, const std::optional<at::Tensor>& kt, const std::optional<at::Tensor>& vt,
     const at::Tensor& key_index, const at::Tensor& query_index, int64_t heads, double scale, bool causal) {
-  const c10::cuda::CUDAGuard guard(key_index.device());
   return attention_forward_aten(q, k, v, qs, ks, vs, qt, kt, vt, key_index, query_index, heads, scale, causal);
 }
 
@@ -27,7 +25,6 @@ AttentionGrads attention_backward_cuda(
     const std::optional<at::Tensor>& vs, const std::optional<at::Tensor>& qt, const std::optional<at::Tensor>& kt,
     const std::optional<at::Tensor>& vt, const at::Tensor& key_index, const at::Tensor& query_index,
     const at::Tensor& out, const at::Tensor& lse, int64_t heads, double scale, bool causal) {
-  const c10::cuda::CUDAGuard guard(key_index.device());
   return attention_backward_aten(grad_out, q, k, v, qs, ks, vs, qt, kt, vt, key_index, query_index, out, lse, heads,
                                  scale, causal);
 }

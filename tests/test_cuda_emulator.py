@@ -1,0 +1,234 @@
+"""The CUDA emulator itself: it reports broken kernels, and every CUDA kernel of the project gives
+bitwise-equal results under several thread schedules (racecheck), with the launch counts and the
+host-side behaviour a GPU would show.  Runs with the emulation build (bash scripts/test_cuda_emulated.sh)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from translution_ext import indexing
+from translution_ext.ops.acmix_window_attention import acmix_window_attention_reference
+from translution_ext.ops.pixel_shift_products import pixel_shift_products_reference, shift_offsets
+from translution_ext.ops.relative_offset_projection import relative_offset_projection_gathered
+
+from conftest import EMULATOR_LIBRARY, requires_emulator
+
+pytestmark = requires_emulator
+SCHEDULES = ("forward", "reverse", "random:7")
+
+
+@pytest.fixture
+def emu():
+    return torch.ops.translution_ext_emu
+
+
+def selftest(name: str) -> torch.Tensor:
+    return torch.ops.cuda_emulator.selftest(name, torch.arange(64, dtype=torch.float32))
+
+
+def under_schedules(fn):
+    """fn() under each schedule; the results as lists of tensors."""
+    results = []
+    try:
+        for schedule in SCHEDULES:
+            torch.ops.cuda_emulator.set_schedule(schedule)
+            out = fn()
+            results.append([t.clone() for t in (out if isinstance(out, (tuple, list)) else [out]) if t is not None])
+    finally:
+        torch.ops.cuda_emulator.set_schedule("")
+    return results
+
+
+def racecheck(fn):
+    """Fails unless fn() gives bitwise-equal, NaN-free results under every schedule."""
+    results = under_schedules(fn)
+    for schedule, result in zip(SCHEDULES, results):
+        for t in result:
+            assert not (t.is_floating_point() and t.isnan().any()), f"NaN under schedule {schedule}"
+        for a, b in zip(results[0], result):
+            assert torch.equal(a, b), f"schedule {schedule} changes the result (a race)"
+    return results[0]
+
+
+# ---- broken kernels that the emulator must report --------------------------------------------
+
+def test_a_correct_kernel_passes_the_racecheck():
+    out = racecheck(lambda: selftest("rotate"))[0]
+    assert torch.equal(out, torch.arange(64, dtype=torch.float32).roll(-1))
+
+
+def test_a_missing_barrier_is_caught():
+    with pytest.raises(AssertionError, match="NaN under schedule|changes the result"):
+        racecheck(lambda: selftest("missing_barrier"))
+
+
+@pytest.mark.parametrize("name,match", [
+    ("early_return", r"early_return_kernel .* thread \(57, 0, 0\) returned while thread \(\d+, 0, 0\) "
+                     r"waits at __syncthreads\(\) at .*selftest_kernels.cu:\d+"),
+    ("divergent_barrier", r"divergent_barrier_kernel .*block \(0, 0, 0\): threads wait at different barriers"),
+    ("misaligned_wmma", r"misaligned_wmma_kernel .*wmma::load_matrix_sync: the pointer must be 256-bit"),
+    ("grid_too_large", r"copy_kernel launched at .*selftest_kernels.cu:\d+: grid \(1, 70000, 1\) exceeds the limits"),
+    ("block_too_large", r"block \(2048, 1, 1\) exceeds 1024 threads"),
+    ("empty_grid", r"zero-size grid \(0, 1, 1\)"),
+])
+def test_broken_kernels_are_reported_with_kernel_block_and_line(name, match):
+    with pytest.raises(RuntimeError, match=match):
+        selftest(name)
+
+
+def test_an_out_of_bounds_shared_read_is_reported_by_the_sanitizer_build():
+    sanitized = os.environ.get("CUDA_EMULATOR_SANITIZED_LIBRARY", "")
+    if torch.ops.cuda_emulator.sanitized():
+        pytest.skip("the sanitizer would abort this process: run from the plain build's session")
+    if not sanitized:
+        pytest.skip("CUDA_EMULATOR_SANITIZED_LIBRARY not set (bash scripts/test_cuda_emulated.sh sets it)")
+    gcc = lambda lib: subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    env = dict(os.environ, LD_PRELOAD=f"{gcc('libasan.so')} {gcc('libstdc++.so')}", ASAN_OPTIONS="detect_leaks=0")
+    code = (f"import torch; torch.ops.load_library({sanitized!r}); "
+            "torch.ops.cuda_emulator.selftest('shared_out_of_bounds', torch.zeros(64))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode != 0
+    assert "AddressSanitizer: global-buffer-overflow" in run.stderr, run.stderr[-2000:]
+    assert "shared_out_of_bounds_kernel" in run.stderr
+
+
+# ---- every CUDA kernel under several schedules ------------------------------------------------
+
+def relproj_case(side, B, N, C, D, R=None, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    R = R or 2 * N - 1
+    index = torch.randint(0, R, (N, N), generator=g)
+    x = torch.randn(B, N, C, generator=g).to(dtype)
+    w = torch.randn(R, C, D, generator=g).to(dtype)
+    cot = torch.randn(B, N, N, D, generator=g).to(dtype)
+    return x, w, index, cot
+
+
+# Sizes one below and above the tiles (kBM = kBN = 64 rows/columns, kBK = 32 reduction slices).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("side,B,N,C,D", [("key", 2, 7, 33, 65), ("query", 3, 5, 65, 63), ("key", 1, 1, 1, 1),
+                                          ("query", 5, 9, 31, 17)])
+def test_relative_offset_projection_kernels_are_race_free(emu, dtype, side, B, N, C, D):
+    x, w, index, cot = relproj_case(side, B, N, C, D, dtype=dtype)
+    out, gx, gw = racecheck(lambda: (emu.relative_offset_projection(x, w, index, side),
+                                     emu.relative_offset_projection_grad_x(cot, w, index, side),
+                                     emu.relative_offset_projection_grad_weight(cot, x, index, side, w.shape[0])))
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    ref = relative_offset_projection_gathered(x64, w64, index, side)
+    ref.backward(cot.double())
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]
+    for got, want in ((out, ref), (gx, x64.grad), (gw, w64.grad)):
+        torch.testing.assert_close(got.double(), want.detach(), rtol=tol, atol=tol * max(1.0, want.abs().max().item()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("window,stride", [(3, 1), (5, 2), (7, 3), (1, 1)])
+def test_acmix_kernels_are_race_free(emu, dtype, window, stride):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 6, 9, 8, generator=g).to(dtype) for _ in range(3))
+    pe = torch.randn(3, 9, 8, generator=g).to(dtype)
+    out, attn = emu.acmix_window_attention(q, k, v, pe, 2, window, stride, 3 ** -0.5)
+    go = torch.randn(out.shape, generator=g).to(dtype)
+    racecheck(lambda: (*emu.acmix_window_attention(q, k, v, pe, 2, window, stride, 3 ** -0.5),
+                       *emu.acmix_window_attention_backward(go, q, k, v, pe, attn, 2, window, stride, 3 ** -0.5)))
+    ref = acmix_window_attention_reference(q.double(), k.double(), v.double(), pe[None].double(), 2, window, stride)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("lengths", [(1,), (1, 2, 3)])
+def test_pixel_shift_kernels_are_race_free(emu, dtype, lengths):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 7, 5, generator=g).to(dtype)
+    flat = [v for s in shift_offsets(lengths) for v in s]
+    go = torch.randn(2, len(flat) // 2 * 3, 7, 5, generator=g).to(dtype)
+    out, gx = racecheck(lambda: (emu.pixel_shift_products(x, flat), emu.pixel_shift_products_backward(go, x, flat)))
+    torch.testing.assert_close(out, pixel_shift_products_reference(x, shift_offsets(lengths)))
+
+
+@pytest.mark.parametrize("layout", ["2d_cls", "causal"])
+def test_fused_attention_cuda_registration_is_race_free(emu, layout):
+    ix = indexing.offset_index_2d_cls((3, 3)) if layout == "2d_cls" else indexing.offset_index_causal_1d(9)
+    n, r = ix.key.shape[0], ix.num_classes
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, n, 8, generator=g)
+    tables = [torch.randn(r, 8, 8, generator=g) * 0.3 for _ in range(3)]
+    out, lse = racecheck(lambda: emu.translution_attention(None, None, None, x, x, x, *tables, ix.key, ix.query, 2,
+                                                           0.5, layout == "causal"))
+    want, _ = torch.ops.translution_ext.translution_attention(None, None, None, x, x, x, *tables, ix.key, ix.query, 2,
+                                                              0.5, layout == "causal")
+    torch.testing.assert_close(out, want)
+
+
+# ---- launches, and host code as a GPU would run it --------------------------------------------
+
+def launches(fn) -> int:
+    before = torch.ops.cuda_emulator.launch_count()
+    fn()
+    return torch.ops.cuda_emulator.launch_count() - before
+
+
+def test_launch_counts(emu):
+    x, w, index, cot = relproj_case("key", 2, 5, 8, 8)
+    assert launches(lambda: emu.relative_offset_projection(x, w, index, "key")) == 1
+    assert launches(lambda: emu.relative_offset_projection_grad_x(cot, w, index, "key")) == 1
+    img = torch.randn(1, 2, 5, 5)
+    flat = [v for s in shift_offsets(tuple(range(1, 10))) for v in s]  # 72 shifts: two chunks of <= 64
+    assert launches(lambda: emu.pixel_shift_products(img, flat)) == 2
+
+
+def test_more_than_64_shifts_match_the_reference(emu):
+    x = torch.randn(1, 2, 9, 9, dtype=torch.float64)
+    shifts = shift_offsets(tuple(range(1, 10)))
+    flat = [v for s in shifts for v in s]
+    torch.testing.assert_close(emu.pixel_shift_products(x, flat), pixel_shift_products_reference(x, shifts))
+    xr = x.clone().requires_grad_()
+    go = torch.randn(1, 2 * len(shifts), 9, 9, dtype=torch.float64)
+    pixel_shift_products_reference(xr, shifts).backward(go)
+    torch.testing.assert_close(emu.pixel_shift_products_backward(go, x, flat), xr.grad)
+
+
+def test_acmix_with_no_channels_gives_uniform_weights(emu):
+    q = torch.zeros(2, 0, 5, 4)
+    out, attn = emu.acmix_window_attention(q, q, q, torch.zeros(0, 5, 4), 1, 3, 1, 1.0)
+    assert out.shape == (2, 0, 5, 4)
+    torch.testing.assert_close(attn, torch.full((2, 1, 9, 5, 4), 1 / 9))
+
+
+@pytest.mark.parametrize("op,args,match", [
+    ("relative_offset_projection", lambda m, c: (m(2, 3, 4), c(5, 4, 6), torch.zeros(3, 3, dtype=torch.long), "key"),
+     r"weight must be on the same device as x \(meta\), got cpu"),
+    ("pixel_shift_products_backward", lambda m, c: (c(1, 8, 3, 3), m(1, 1, 3, 3), [0, 1] * 8),
+     r"grad_out must be on x's device \(meta\)"),
+])
+def test_mixed_devices_raise_the_documented_error_before_the_device_guard(op, args, match):
+    """The device guard (which refuses a device that is not the GPU's) comes after the checks."""
+    meta = lambda *s: torch.zeros(*s, device="meta")  # noqa: E731
+    cpu = lambda *s: torch.zeros(*s)  # noqa: E731
+    overload = getattr(torch.ops.translution_ext_emu, op).default
+    with pytest.raises(ValueError, match=match):
+        overload.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args(meta, cpu))
+
+
+def test_grad_x_grid_past_65535_batch_groups(emu):
+    """grad_x puts its batch groups in grid.x: a batch past 4 x 65535 rows still launches."""
+    B = 4 * 65535 + 4
+    x, w, index, cot = relproj_case("key", B, 1, 1, 1, R=1)
+    gx = emu.relative_offset_projection_grad_x(cot, w, index, "key")
+    torch.testing.assert_close(gx, cot[:, 0] * w[0, 0, 0])
+
+
+def test_emulated_ops_have_the_schemas_of_the_package_ops():
+    for name in ("relative_offset_projection", "relative_offset_projection_grad_x",
+                 "relative_offset_projection_grad_weight", "translution_attention", "translution_attention_backward",
+                 "acmix_window_attention", "acmix_window_attention_backward", "pixel_shift_products",
+                 "pixel_shift_products_backward"):
+        ours = getattr(torch.ops.translution_ext, name).default._schema
+        emulated = getattr(torch.ops.translution_ext_emu, name).default._schema
+        assert str(emulated).replace("translution_ext_emu::", "translution_ext::") == str(ours)
+    assert EMULATOR_LIBRARY
