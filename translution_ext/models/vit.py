@@ -74,6 +74,13 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialises the class token and position embedding (this module's own parameters) as at construction."""
+        nn.init.normal_(self.cls_token)
+        if self.pos_embedding is not None:
+            nn.init.normal_(self.pos_embedding)
+
     def patchify(self, img: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """(B, C, H, W) -> (B, h·w, p1·p2·C) patches in row-major order, and (h, w)."""
         if check_tensor("img", img).dim() != 4 or img.shape[1] != self.channels:

@@ -35,14 +35,27 @@ class RotaryEmbedding2D(nn.Module):
         self.grid, self.cls_token = check_int_pair("grid", grid, "(Hg, Wg)"), cls_token
         if isinstance(base, bool) or not isinstance(base, (int, float)) or base <= 1:
             raise ValueError(f"base must be a number > 1, got {base!r}")
-        half = dim_head // 2
-        inv_freq = 1.0 / (base ** (torch.arange(0, half, 2).float() / half))
-        rows = torch.arange(grid[0]).float()[:, None, None] * inv_freq
-        cols = torch.arange(grid[1]).float()[None, :, None] * inv_freq
-        freqs = torch.cat([rows.expand(*grid, -1), cols.expand(*grid, -1)], dim=-1)  # (Hg, Wg, d/2)
-        angles = torch.cat([freqs, freqs], dim=-1)  # (Hg, Wg, d), float32 like the reference
+        self.dim_head, self.base = dim_head, base
+        angles = self._angles()
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def _angles(self, device=None) -> torch.Tensor:
+        """(Hg, Wg, d) rotation angles, float32 like the reference."""
+        half = self.dim_head // 2
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, half, 2, device=device).float() / half))
+        rows = torch.arange(self.grid[0], device=device).float()[:, None, None] * inv_freq
+        cols = torch.arange(self.grid[1], device=device).float()[None, :, None] * inv_freq
+        freqs = torch.cat([rows.expand(*self.grid, -1), cols.expand(*self.grid, -1)], dim=-1)  # (Hg, Wg, d/2)
+        return torch.cat([freqs, freqs], dim=-1)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Rebuilds the cos/sin tables in place: they are non-persistent buffers, which a module built on
+        the meta device and materialised with ``to_empty()`` does not have."""
+        angles = self._angles(self.cos.device)
+        self.cos.copy_(angles.cos())
+        self.sin.copy_(angles.sin())
 
     def forward(self, t: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         """t: (B, H, N, d) with N = h·w (+1) -> the rotated t."""

@@ -25,10 +25,15 @@ def parse_relative(relative: str) -> Tuple[str, ...]:
     return tuple(r for r in ROLES if r in letters)
 
 
-def new_table(rows: int, fan_in: int, fan_out: int) -> nn.Parameter:
-    """An (R, C, D) table initialised like the reference: kaiming_uniform_(a=√5) on the whole tensor."""
-    table = nn.Parameter(torch.empty(rows, fan_in, fan_out))
+def init_table_(table: torch.Tensor) -> None:
+    """The reference's initialisation of an (R, C, D) table: kaiming_uniform_(a=√5) on the whole tensor."""
     nn.init.kaiming_uniform_(table, a=math.sqrt(5))
+
+
+def new_table(rows: int, fan_in: int, fan_out: int) -> nn.Parameter:
+    """An (R, C, D) table initialised like the reference."""
+    table = nn.Parameter(torch.empty(rows, fan_in, fan_out))
+    init_table_(table)
     return table
 
 
@@ -55,7 +60,7 @@ class RelativeBlock(nn.Module):
         self.backend = backend
         self.relative = parse_relative(relative)
         self.layout = TokenLayout(layout, max_len=max_len, grid=grid)
-        full = self.layout.index(self.layout.grid if self.layout.is_2d else (self.layout.max_len,))
+        full = self._full_index()
         self.register_buffer("key_index", full.key, persistent=False)
         self.register_buffer("query_index", full.query, persistent=False)
         self.norm = nn.LayerNorm(dim)
@@ -66,6 +71,21 @@ class RelativeBlock(nn.Module):
     def num_classes(self) -> int:
         """R, the rows of every offset table."""
         return self.layout.num_classes
+
+    def _full_index(self, device=None):
+        return self.layout.index(self.layout.grid if self.layout.is_2d else (self.layout.max_len,), device=device)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialises this block's own tables and rebuilds its index maps in place (submodules have
+        their own ``reset_parameters``).  The index maps are non-persistent buffers: a block built on
+        the meta device and materialised with ``to_empty()`` needs this (see
+        :func:`translution_ext.models.init_weights`)."""
+        for role in self.relative:
+            init_table_(getattr(self, f"{role}_table"))
+        full = self._full_index(self.key_index.device)
+        self.key_index.copy_(full.key)
+        self.query_index.copy_(full.query)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, {self.layout.describe()}, "
