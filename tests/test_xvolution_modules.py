@@ -27,9 +27,19 @@ def random_config(seed: int):
     k = rnd.choice([1, 3, 5])
     ci = rnd.randint(1, 6)
     return dict(in_channels=ci, out_channels=rnd.choice([ci, rnd.randint(1, 7)]), kernel_size=k,
-                stride=rnd.choice([1, 2]), shift_lengths=rnd.choice([(1,), (2,), (1, 2)]),
-                pssa_kernel_size=rnd.choice([p for p in (1, 3, 5) if p <= k]),
+                stride=rnd.choice([1, 2, 3]), shift_lengths=rnd.choice([(1,), (2,), (1, 2)]),
+                pssa_kernel_size=rnd.choice([1, k, rnd.choice([p for p in (1, 3, 5) if p <= k])]),
                 extra_branches=rnd.random() < 0.5), (rnd.randint(1, 3), rnd.randint(3, 11), rnd.randint(3, 11))
+
+
+def test_random_configs_cover_the_cases():
+    configs = [random_config(seed) for seed in range(60)]
+    assert {c["stride"] for c, _ in configs} == {1, 2, 3}
+    assert {(1,), (1, 2)} <= {c["shift_lengths"] for c, _ in configs}
+    assert {c["extra_branches"] for c, _ in configs} == {False, True}
+    assert any(c["pssa_kernel_size"] == 1 < c["kernel_size"] for c, _ in configs)
+    assert any(c["pssa_kernel_size"] == c["kernel_size"] > 1 for c, _ in configs)
+    assert any(h % 2 and w % 2 for _, (_, h, w) in configs)
 
 
 @pytest.mark.parametrize("seed", range(60))
@@ -43,12 +53,34 @@ def test_deployed_equals_training_eval_output(seed):
     x = torch.randn(b, cfg["in_channels"], h, w, generator=g)
     expected = model(x)
     deployed = translution_ext.reparameterize_model(model)
-    out = deployed(x)
-    scale = expected.abs().max().item()
-    assert (out - expected).abs().max().item() <= 1e-5 * max(scale, 1.0), cfg
+    scale = max(expected.abs().max().item(), 1.0)
+    with torch.no_grad():  # the native op (inference); with autograd the op's reference serves
+        out = deployed(x)
+    assert (out - expected).abs().max().item() <= 1e-5 * scale, cfg
+    assert (deployed(x) - expected).abs().max().item() <= 1e-5 * scale, cfg
     # the original model is untouched (inplace=False) and the deployed one has one conv left
     assert not model.deployed and deployed.deployed
     assert [n for n, _ in deployed.named_children()] == ["deployed_conv"]
+
+
+@pytest.mark.skipif(not translution_ext.has_native(), reason="native library not loaded")
+def test_deployed_forward_runs_the_native_op():
+    torch.manual_seed(0)
+    model = XVolution(3, 4, 3, stride=2).eval().reparameterize()
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        model(torch.randn(1, 3, 8, 8))
+    names = {e.name for e in prof.events()}
+    assert "translution_ext::xvolution_deployed" in names
+    assert "translution_ext::pixel_shift_products" not in names and "aten::cat" not in names
+
+
+def test_deployed_weight_with_outer_pssa_taps_is_refused():
+    wide = XVolution(2, 3, 3, pssa_kernel_size=3, deploy=True)
+    with torch.no_grad():
+        wide.deployed_conv.weight.normal_()
+    with pytest.raises(ValueError, match=r"non-zero T\(X\) taps outside the centre 1x1; build the module with the "
+                                         r"pssa_kernel_size it was trained with \(pssa_kernel_size=1 here\)"):
+        XVolution(2, 3, 3, deploy=True).load_state_dict(wide.state_dict())
 
 
 def test_reparameterize_twice_and_state_dict_round_trip():

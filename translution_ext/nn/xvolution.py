@@ -13,6 +13,7 @@ from torch import nn
 
 from .._checks import check_image, check_positive_int, check_positive_odd_int
 from ..ops.pixel_shift_products import pixel_shift_products, shift_offsets
+from ..ops.xvolution_deployed import xvolution_deployed
 from ..ops.xvolution_fold import xvolution_fold
 
 
@@ -36,6 +37,10 @@ class XVolution(nn.Module):
         deploy: build the deployed form directly (one conv with bias), e.g. to load a
             re-parameterised state_dict.
 
+    The deployed form keeps W* and b* as one ordinary conv (``deployed_conv``) and runs it with
+    the native op :func:`~translution_ext.ops.xvolution_deployed`, which never builds T(X) and
+    skips the taps the fold leaves zero (the T(X) channels outside the centre Ka x Ka).
+
     forward: (B, Ci, H, W) -> (B, Co, H', W').
     """
 
@@ -50,7 +55,7 @@ class XVolution(nn.Module):
         if pssa_kernel_size > kernel_size:
             raise ValueError(f"pssa_kernel_size must be <= kernel_size = {kernel_size}, got {pssa_kernel_size}")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = kernel_size, stride
+        self.kernel_size, self.stride, self.pssa_kernel_size = kernel_size, stride, pssa_kernel_size
         self.shift_lengths = tuple(shift_lengths)
         self.shifts = shift_offsets(self.shift_lengths)
         self.deployed = deploy
@@ -70,21 +75,37 @@ class XVolution(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"shift_lengths={self.shift_lengths}, deployed={self.deployed}")
+                f"shift_lengths={self.shift_lengths}, pssa_kernel_size={self.pssa_kernel_size}, "
+                f"deployed={self.deployed}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Ci, H, W) -> (B, Co, ceil(H / stride), ceil(W / stride))."""
         conv = self.deployed_conv if self.deployed else self.conv
         check_image(x, self.in_channels, conv.weight, "XVolution block")
-        t = pixel_shift_products(x, self.shifts)
         if self.deployed:
-            return self.deployed_conv(torch.cat([x, t], dim=1))
+            # under autocast x may differ from the parameters' dtype; the op takes one dtype
+            weight, bias = self.deployed_conv.weight.to(x.dtype), self.deployed_conv.bias.to(x.dtype)
+            return xvolution_deployed(x, weight, bias, self.shifts, self.stride, self.pssa_kernel_size)
+        t = pixel_shift_products(x, self.shifts)
         y = self.bn_conv(self.conv(x)) + self.bn_pssa(self.pssa_conv(t))
         if self.conv_1x1 is not None:
             y = y + self.bn_1x1(self.conv_1x1(x))
         if self.bn_identity is not None:
             y = y + self.bn_identity(x)
         return y
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        weight = state_dict.get(prefix + "deployed_conv.weight")
+        if self.deployed and isinstance(weight, torch.Tensor) and weight.dim() == 4 and not weight.is_meta:
+            # the op reads the T(X) channels on the centre Ka x Ka taps only: refuse weights it would cut
+            ka, k, ci = self.pssa_kernel_size, self.kernel_size, self.in_channels
+            outer = weight[:, ci:].clone()
+            outer[:, :, (k - ka) // 2:(k + ka) // 2, (k - ka) // 2:(k + ka) // 2] = 0
+            if outer.numel() and outer.abs().max().item() != 0:
+                raise ValueError(f"XVolution: the deployed weight has non-zero T(X) taps outside the centre "
+                                 f"{ka}x{ka}; build the module with the pssa_kernel_size it was trained with "
+                                 f"(pssa_kernel_size={ka} here)")
 
     @torch.no_grad()
     def reparameterize(self) -> "XVolution":

@@ -13,12 +13,14 @@ translution_attention         :mod:`.translution_attention`
 acmix_window_attention        :mod:`.acmix_window_attention`
 pixel_shift_products          :mod:`.pixel_shift_products`
 xvolution_fold                :mod:`.xvolution_fold`
+xvolution_deployed            :mod:`.xvolution_deployed`
 ============================  ===============================================
 """
 from .acmix_window_attention import acmix_window_attention
 from .pixel_shift_products import pixel_shift_products, shift_offsets
 from .relative_offset_projection import relative_offset_projection
 from .translution_attention import translution_attention
+from .xvolution_deployed import xvolution_deployed
 from .xvolution_fold import xvolution_fold
 
 __all__ = [
@@ -27,5 +29,6 @@ __all__ = [
     "relative_offset_projection",
     "shift_offsets",
     "translution_attention",
+    "xvolution_deployed",
     "xvolution_fold",
 ]

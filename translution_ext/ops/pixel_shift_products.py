@@ -41,17 +41,18 @@ def pixel_shift_products_reference(x: torch.Tensor, shifts: Sequence[Tuple[int, 
     return torch.cat([x * padded[..., m + dy: m + dy + h, m + dx: m + dx + w] for dy, dx in shifts], dim=1)
 
 
-def _check(x: torch.Tensor, shifts) -> List[int]:
+def _check(x: torch.Tensor, shifts, op: str = _OP) -> List[int]:
+    """Checks x (B, C, H, W) and the (dy, dx) shifts; returns the shifts flattened.  ``op``: the message prefix."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"{_OP}x must be a 4-D tensor (B, C, H, W), got "
+        raise ValueError(f"{op}x must be a 4-D tensor (B, C, H, W), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    check_float_dtype("x", x, _OP)
+    check_float_dtype("x", x, op)
     if not isinstance(shifts, Sequence) or isinstance(shifts, str):
-        raise TypeError(f"{_OP}shifts must be a non-empty list of (dy, dx) pairs, got {type(shifts).__name__}")
+        raise TypeError(f"{op}shifts must be a non-empty list of (dy, dx) pairs, got {type(shifts).__name__}")
     if not shifts:
-        raise ValueError(f"{_OP}shifts must be a non-empty list of (dy, dx) pairs")
+        raise ValueError(f"{op}shifts must be a non-empty list of (dy, dx) pairs")
     for i, pair in enumerate(shifts):
-        message = f"{_OP}shifts[{i}] must be a pair of ints (dy, dx), got {pair!r}"
+        message = f"{op}shifts[{i}] must be a pair of ints (dy, dx), got {pair!r}"
         if isinstance(pair, Sequence) and len(pair) != 2:
             raise ValueError(message)
         # A shift is a whole number of pixels: int(0.5) would silently become 0.
