@@ -3,6 +3,9 @@
 
 #include <torch/library.h>
 
+#include <list>
+#include <mutex>
+
 namespace translution_ext {
 
 namespace {
@@ -125,6 +128,9 @@ void check_index_range(const at::Tensor& index, int64_t num_classes) {
               num_classes, ", got min ", lo_v, " and max ", hi_v);
 }
 
+// Validates the index range and (src_block >= 0) returns the pair plan, once per index map.
+PairPlan checked_plan(const at::Tensor& index, int64_t num_classes, ProjectionSide side, int64_t src_block);
+
 Geometry make_geometry(const at::Tensor& index, ProjectionSide side, int64_t B, int64_t C,
                        int64_t D, int64_t R) {
   return Geometry{B, num_source_tokens(index, side), C, D, index.size(0), index.size(1), R,
@@ -137,7 +143,7 @@ Problem prepare_forward(const at::Tensor& x, const at::Tensor& weight, const at:
                         c10::string_view side_name) {
   const ProjectionSide side = parse_side(side_name);
   check_forward_args(x, weight, index, side);
-  check_index_range(index, weight.size(0));
+  checked_plan(index, weight.size(0), side, /*src_block=*/-1);  // validates the range once
   const Geometry g =
       make_geometry(index, side, x.size(0), x.size(2), weight.size(2), weight.size(0));
   at::Tensor out = at::empty({g.B, g.Nq, g.Nk, g.D}, x.options());
@@ -149,7 +155,7 @@ Problem prepare_grad_x(const at::Tensor& grad_out, const at::Tensor& weight,
                        const at::Tensor& index, c10::string_view side_name) {
   const ProjectionSide side = parse_side(side_name);
   check_grad_x_args(grad_out, weight, index, side);
-  check_index_range(index, weight.size(0));
+  checked_plan(index, weight.size(0), side, /*src_block=*/-1);
   const Geometry g = make_geometry(index, side, grad_out.size(0), weight.size(1),
                                    weight.size(2), weight.size(0));
   at::Tensor grad_x = at::zeros({g.B, g.Ns, g.C}, grad_out.options());
@@ -161,15 +167,16 @@ Problem prepare_grad_weight(const at::Tensor& grad_out, const at::Tensor& x,
                             int64_t num_classes) {
   const ProjectionSide side = parse_side(side_name);
   check_grad_weight_args(grad_out, x, index, side, num_classes);
-  check_index_range(index, num_classes);
+  checked_plan(index, num_classes, side, /*src_block=*/-1);
   const Geometry g =
       make_geometry(index, side, x.size(0), x.size(2), grad_out.size(3), num_classes);
   at::Tensor grad_weight = at::zeros({g.R, g.C, g.D}, grad_out.options());
   return Problem{side, g, grad_weight, grad_out.numel() == 0 || grad_weight.numel() == 0};
 }
 
-PairPlan build_pair_plan(const at::Tensor& index, int64_t num_classes, ProjectionSide side,
-                         int64_t src_block) {
+namespace {
+
+PairPlan make_pair_plan(const at::Tensor& index, int64_t num_classes, ProjectionSide side, int64_t src_block) {
   const int64_t nq = index.size(0), nk = index.size(1);
   const int64_t nsrc = num_source_tokens(index, side);
   PairPlan plan;
@@ -185,6 +192,62 @@ PairPlan build_pair_plan(const at::Tensor& index, int64_t num_classes, Projectio
   plan.by_src = at::argsort((block * num_classes + plan.pair_class) * nsrc + src, /*stable=*/true);
   plan.src_offsets = exclusive_cumsum(at::bincount(src, /*weights=*/{}, nsrc));
   return plan;
+}
+
+// Index maps are validated and planned once per (tensor, version): a module's index maps do not
+// change between calls, so after the first call nothing reads index values on the host (on CUDA:
+// no device synchronisation per call, which CUDA graphs need).  An entry holds its index tensor,
+// so no other tensor can take its address while cached; the version counter catches in-place
+// changes.
+class PlanCache {
+ public:
+  // Validates the index range (once), then returns the plan (src_block < 0: none).
+  PairPlan get(const at::Tensor& index, int64_t num_classes, ProjectionSide side, int64_t src_block) {
+    if (index.is_inference()) {  // no version counter: nothing can be cached
+      check_index_range(index, num_classes);
+      return src_block >= 0 ? make_pair_plan(index, num_classes, side, src_block) : PairPlan{};
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      const bool same_index = it->index.is_same(index) && it->version == index._version() &&
+                              it->num_classes == num_classes;
+      if (same_index && src_block < 0) return {};  // validated before
+      if (same_index && it->side == side && it->src_block == src_block) {
+        entries_.splice(entries_.begin(), entries_, it);  // most recently used first
+        return entries_.front().plan;
+      }
+    }
+    check_index_range(index, num_classes);
+    Entry e{index, index._version(), num_classes, side, src_block, {}};
+    if (src_block >= 0) e.plan = make_pair_plan(index, num_classes, side, src_block);
+    entries_.push_front(std::move(e));
+    if (entries_.size() > kCapacity) entries_.pop_back();
+    return entries_.front().plan;
+  }
+
+ private:
+  struct Entry {
+    at::Tensor index;
+    uint32_t version;
+    int64_t num_classes;
+    ProjectionSide side;
+    int64_t src_block;
+    PairPlan plan;
+  };
+  static constexpr size_t kCapacity = 64;
+  std::mutex mutex_;
+  std::list<Entry> entries_;
+};
+
+PairPlan checked_plan(const at::Tensor& index, int64_t num_classes, ProjectionSide side, int64_t src_block) {
+  static PlanCache cache;
+  return cache.get(index, num_classes, side, src_block);
+}
+
+}  // namespace
+
+PairPlan build_pair_plan(const at::Tensor& index, int64_t num_classes, ProjectionSide side, int64_t src_block) {
+  return checked_plan(index, num_classes, side, src_block);
 }
 
 }  // namespace translution_ext

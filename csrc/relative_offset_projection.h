@@ -37,6 +37,8 @@ struct PairPlan {
   at::Tensor pair_class;
 };
 
+// The plan of an index map, built once per (index tensor, version) and cached: later calls
+// with the same index map read no index values on the host.
 PairPlan build_pair_plan(const at::Tensor& index, int64_t num_classes,
                          ProjectionSide side, int64_t src_block);
 
@@ -67,8 +69,8 @@ struct Geometry {
 };
 
 // What every backend does before its kernel: parse `side` ("key"/"query"),
-// check shapes, dtypes, devices and the index range (one device sync on GPU;
-// errors name the argument and the expected value and surface in Python as
+// check shapes, dtypes, devices and the index range (once per index map, see
+// build_pair_plan; errors name the argument and the expected value and surface in Python as
 // ValueError or TypeError), and allocate the result (forward:
 // uninitialised (B, Nq, Nk, D); grads: zeros).  `trivial` means the result is
 // already final (nothing to compute), so the kernel must not run.

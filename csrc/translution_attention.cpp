@@ -3,6 +3,9 @@
 
 #include <torch/library.h>
 
+#include <list>
+#include <mutex>
+
 #include "checks.h"
 
 namespace translution_ext {
@@ -86,6 +89,109 @@ at::ScalarType attention_opmath(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
+namespace {
+
+// The pair groups of the plan's index maps (reads them on the host; checks the class ranges).
+std::shared_ptr<const PairGroups> build_pair_groups(const AttentionInputs& in, const AttentionPlan& plan) {
+  auto built = std::make_shared<PairGroups>();
+  PairGroups& groups = *built;
+  const at::Tensor K = index_on_cpu(in.key_index), Q = index_on_cpu(in.query_index);
+  if (plan.relative[kQ]) check_range(Q, "query_index", in.table[kQ]->size(0), "q_table");
+  for (int role : {kK, kV})
+    if (plan.relative[role]) check_range(K, "key_index", in.table[role]->size(0), role == kK ? "k_table" : "v_table");
+
+  // Group the pairs by their k/v class (or q class when only q is relative).
+  const int64_t N = plan.N;
+  const bool by_key = plan.relative[kK] || plan.relative[kV];
+  const int64_t* kp = K.data_ptr<int64_t>();
+  const int64_t* qp = Q.data_ptr<int64_t>();
+  const int64_t* gp = by_key ? kp : qp;
+  int64_t num_keys = 0;
+  for (int64_t p = 0; p < N * N; ++p) num_keys = std::max(num_keys, gp[p] + 1);
+  std::vector<int64_t> count(num_keys, 0);
+  auto unmasked = [&](int64_t i, int64_t j) { return !in.causal || j <= i; };
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < N; ++j)
+      if (unmasked(i, j)) ++count[gp[i * N + j]];
+  std::vector<int64_t> slot(num_keys, -1);  // group key -> group number
+  groups.group_begin.push_back(0);
+  for (int64_t g = 0; g < num_keys; ++g) {
+    if (!count[g]) continue;
+    slot[g] = groups.num_groups();
+    groups.group_begin.push_back(groups.group_begin.back() + count[g]);
+  }
+  const int64_t G = groups.num_groups(), P = groups.group_begin.back();
+  groups.pair_i.resize(P);
+  groups.pair_j.resize(P);
+  for (auto& c : groups.group_class) c.assign(G, -1);
+  std::vector<int64_t> fill(groups.group_begin.begin(), groups.group_begin.end() - 1);
+  std::vector<char> q_class_used(plan.relative[kQ] ? in.table[kQ]->size(0) : 0, 0);
+  for (int64_t i = 0; i < N; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      if (!unmasked(i, j)) continue;
+      const int64_t g = slot[gp[i * N + j]];
+      const int64_t at = fill[g]++;
+      groups.pair_i[at] = i;
+      groups.pair_j[at] = j;
+      for (int role = 0; role < 3; ++role) {
+        if (!plan.relative[role]) continue;
+        const int64_t cls = role == kQ ? qp[i * N + j] : kp[i * N + j];
+        int64_t& mine = groups.group_class[role][g];
+        if (mine < 0 && role == kQ) {
+          // Each q row must belong to one group only, so that one work item owns its gradient.
+          TORCH_CHECK_VALUE(!q_class_used[cls], kOp, "the fused path needs index maps in which the ",
+                            "k/v offset class of a pair determines its q class (true for every ",
+                            "Translution layout); query row ", cls, " is paired with several k/v rows");
+          q_class_used[cls] = 1;
+        }
+        TORCH_CHECK_VALUE(mine < 0 || mine == cls, kOp, "the fused path needs index maps in which the ",
+                          "k/v offset class of a pair determines its q class (true for every ",
+                          "Translution layout); pairs of k/v class ", gp[i * N + j], " use q rows ",
+                          mine, " and ", cls);
+        mine = cls;
+      }
+    }
+  }
+  const auto on_device = [&](const std::vector<int64_t>& v) {
+    return at::tensor(v, at::TensorOptions().dtype(at::kLong)).to(in.key_index.device());
+  };
+  groups.pair_i_on_device = on_device(groups.pair_i);
+  groups.pair_j_on_device = on_device(groups.pair_j);
+  return built;
+}
+
+// Pair groups by index maps: an entry holds its index tensors (so no other tensor can take their
+// addresses while cached) and their versions (an in-place change builds them again).
+std::shared_ptr<const PairGroups> cached_pair_groups(const AttentionInputs& in, const AttentionPlan& plan) {
+  if (in.key_index.is_inference() || in.query_index.is_inference()) return build_pair_groups(in, plan);
+  struct Entry {
+    at::Tensor key_index, query_index;
+    uint32_t key_version, query_version;
+    bool causal;
+    std::array<int64_t, 3> table_rows;  // -1: the role is not relative
+    std::shared_ptr<const PairGroups> groups;
+  };
+  static std::mutex mutex;
+  static std::list<Entry> entries;
+  std::array<int64_t, 3> rows{};
+  for (int r = 0; r < 3; ++r) rows[r] = plan.relative[r] ? in.table[r]->size(0) : -1;
+  std::lock_guard<std::mutex> lock(mutex);
+  for (auto it = entries.begin(); it != entries.end(); ++it) {
+    if (it->key_index.is_same(in.key_index) && it->query_index.is_same(in.query_index) &&
+        it->key_version == in.key_index._version() && it->query_version == in.query_index._version() &&
+        it->causal == in.causal && it->table_rows == rows) {
+      entries.splice(entries.begin(), entries, it);
+      return entries.front().groups;
+    }
+  }
+  entries.push_front({in.key_index, in.query_index, in.key_index._version(), in.query_index._version(), in.causal,
+                      rows, build_pair_groups(in, plan)});
+  if (entries.size() > 32) entries.pop_back();
+  return entries.front().groups;
+}
+
+}  // namespace
+
 AttentionPlan prepare_attention(const AttentionInputs& in) {
   AttentionPlan plan;
   TORCH_CHECK_VALUE(in.heads >= 1, kOp, "heads must be >= 1, got ", in.heads);
@@ -115,63 +221,7 @@ AttentionPlan prepare_attention(const AttentionInputs& in) {
     TORCH_CHECK_VALUE(pair->device() == ref.device(), kOp, name, " must be on the same device as the other inputs (",
                       ref.device(), "), got ", pair->device());
   }
-  const at::Tensor K = index_on_cpu(in.key_index), Q = index_on_cpu(in.query_index);
-  if (plan.relative[kQ]) check_range(Q, "query_index", in.table[kQ]->size(0), "q_table");
-  for (int role : {kK, kV})
-    if (plan.relative[role]) check_range(K, "key_index", in.table[role]->size(0), role == kK ? "k_table" : "v_table");
-
-  // Group the pairs by their k/v class (or q class when only q is relative).
-  const int64_t N = plan.N;
-  const bool by_key = plan.relative[kK] || plan.relative[kV];
-  const int64_t* kp = K.data_ptr<int64_t>();
-  const int64_t* qp = Q.data_ptr<int64_t>();
-  const int64_t* gp = by_key ? kp : qp;
-  int64_t num_keys = 0;
-  for (int64_t p = 0; p < N * N; ++p) num_keys = std::max(num_keys, gp[p] + 1);
-  std::vector<int64_t> count(num_keys, 0);
-  auto unmasked = [&](int64_t i, int64_t j) { return !in.causal || j <= i; };
-  for (int64_t i = 0; i < N; ++i)
-    for (int64_t j = 0; j < N; ++j)
-      if (unmasked(i, j)) ++count[gp[i * N + j]];
-  std::vector<int64_t> slot(num_keys, -1);  // group key -> group number
-  plan.group_begin.push_back(0);
-  for (int64_t g = 0; g < num_keys; ++g) {
-    if (!count[g]) continue;
-    slot[g] = plan.num_groups();
-    plan.group_begin.push_back(plan.group_begin.back() + count[g]);
-  }
-  const int64_t G = plan.num_groups(), P = plan.group_begin.back();
-  plan.pair_i.resize(P);
-  plan.pair_j.resize(P);
-  for (auto& c : plan.group_class) c.assign(G, -1);
-  std::vector<int64_t> fill(plan.group_begin.begin(), plan.group_begin.end() - 1);
-  std::vector<char> q_class_used(plan.relative[kQ] ? in.table[kQ]->size(0) : 0, 0);
-  for (int64_t i = 0; i < N; ++i) {
-    for (int64_t j = 0; j < N; ++j) {
-      if (!unmasked(i, j)) continue;
-      const int64_t g = slot[gp[i * N + j]];
-      const int64_t at = fill[g]++;
-      plan.pair_i[at] = i;
-      plan.pair_j[at] = j;
-      for (int role = 0; role < 3; ++role) {
-        if (!plan.relative[role]) continue;
-        const int64_t cls = role == kQ ? qp[i * N + j] : kp[i * N + j];
-        int64_t& mine = plan.group_class[role][g];
-        if (mine < 0 && role == kQ) {
-          // Each q row must belong to one group only, so that one work item owns its gradient.
-          TORCH_CHECK_VALUE(!q_class_used[cls], kOp, "the fused path needs index maps in which the ",
-                            "k/v offset class of a pair determines its q class (true for every ",
-                            "Translution layout); query row ", cls, " is paired with several k/v rows");
-          q_class_used[cls] = 1;
-        }
-        TORCH_CHECK_VALUE(mine < 0 || mine == cls, kOp, "the fused path needs index maps in which the ",
-                          "k/v offset class of a pair determines its q class (true for every ",
-                          "Translution layout); pairs of k/v class ", gp[i * N + j], " use q rows ",
-                          mine, " and ", cls);
-        mine = cls;
-      }
-    }
-  }
+  plan.groups = cached_pair_groups(in, plan);
   return plan;
 }
 

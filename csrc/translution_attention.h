@@ -12,6 +12,7 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <memory>
 #include <tuple>
 #include <optional>
 #include <vector>
@@ -31,19 +32,30 @@ struct AttentionInputs {
 };
 
 // The unmasked pairs (i, j), grouped so that every group uses one q class and one k/v
-// class, and no class appears in two groups: the backward owns each table row.
+// class, and no class appears in two groups: the backward owns each table row.  Depends only
+// on the index maps (and causal, the relative roles, the table sizes), so it is built once per
+// pair of index tensors and cached (see prepare_attention).
+struct PairGroups {
+  std::vector<int64_t> pair_i, pair_j;  // sorted by (group, i, j)
+  std::vector<int64_t> group_begin;     // size G + 1
+  std::vector<int64_t> group_class[3];  // per role: the table row of the group (or -1)
+  at::Tensor pair_i_on_device, pair_j_on_device;  // the pair lists on the index maps' device
+  int64_t num_groups() const { return static_cast<int64_t>(group_begin.size()) - 1; }
+};
+
 struct AttentionPlan {
   int64_t B, N, H;
   std::array<bool, 3> relative;
   std::array<int64_t, 3> shared_dim, relative_dim, source_dim;  // per head: ds, dr; Cr
-  std::vector<int64_t> pair_i, pair_j;  // sorted by (group, i, j)
-  std::vector<int64_t> group_begin;     // size G + 1
-  std::vector<int64_t> group_class[3];  // per role: the table row of the group (or -1)
-  int64_t num_groups() const { return static_cast<int64_t>(group_begin.size()) - 1; }
+  std::shared_ptr<const PairGroups> groups;
+  int64_t num_groups() const { return groups->num_groups(); }
   int64_t head_dim(int role) const { return shared_dim[role] + relative_dim[role]; }
 };
 
-// Checks the inputs (ValueError/TypeError naming the argument) and builds the plan.
+// Checks the inputs (ValueError/TypeError naming the argument) and builds the plan.  The pair
+// groups of an index-map pair are built (reading the maps on the host) once per (tensors,
+// versions) and cached, so later calls neither copy the maps to the host nor the pair lists
+// to the device.
 AttentionPlan prepare_attention(const AttentionInputs& in);
 
 // The dtype the kernels compute in: float for half types, else the input dtype.

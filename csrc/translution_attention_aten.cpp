@@ -58,13 +58,6 @@ Operands to_opmath(const AttentionInputs& in, at::ScalarType op) {
   return o;
 }
 
-// The plan's pair list on the inputs' device (a view of the host vector on CPU); a group's
-// or segment's pairs are slices of it.
-at::Tensor on_device(const std::vector<int64_t>& v, const at::Device& device) {
-  at::Tensor host = at::from_blob(const_cast<int64_t*>(v.data()), {static_cast<int64_t>(v.size())}, at::kLong);
-  return device.is_cpu() ? host : host.to(device);
-}
-
 // Runs fn(first, last) over [0, n): in parallel on the CPU thread pool, in order elsewhere
 // (device work is queued on one stream).  Returns the number of work slots (threads).
 template <typename F>
@@ -86,7 +79,7 @@ at::Tensor role_rows(const Operands& o, const AttentionPlan& plan, int role, int
   if (o.shared[role].defined())
     parts.push_back(o.shared[role].index_select(1, rows).view({B, P, H, plan.shared_dim[role]}));
   if (o.table[role].defined()) {
-    const at::Tensor w = o.table[role].select(0, plan.group_class[role][g]);
+    const at::Tensor w = o.table[role].select(0, plan.groups->group_class[role][g]);
     const at::Tensor src = o.source[role].index_select(1, rows).reshape({B * P, plan.source_dim[role]});
     parts.push_back(at::mm(src, w).view({B, P, H, plan.relative_dim[role]}));
   }
@@ -132,17 +125,18 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_aten(
   const at::Device device = key_index.device();
   const int64_t kRows = rows_per_block(N, device.is_cpu());
   const int64_t blocks = (N + kRows - 1) / kRows;
-  const at::Tensor pair_i = on_device(plan.pair_i, device), pair_j = on_device(plan.pair_j, device);
+  const at::Tensor& pair_i = plan.groups->pair_i_on_device;
+  const at::Tensor& pair_j = plan.groups->pair_j_on_device;
   for_work_items(device, blocks, [&](int64_t first, int64_t last) {
     for (int64_t blk = first; blk < last; ++blk) {
       const int64_t i0 = blk * kRows, i1 = std::min(N, i0 + kRows), rows = i1 - i0;
       // The block's pairs in every group: pair_i is sorted within a group.
       std::vector<std::array<int64_t, 3>> segments;  // group, begin, end
       for (int64_t g = 0; g < G; ++g) {
-        const auto gb = plan.pair_i.begin() + plan.group_begin[g];
-        const auto ge = plan.pair_i.begin() + plan.group_begin[g + 1];
-        const int64_t b = std::lower_bound(gb, ge, i0) - plan.pair_i.begin();
-        const int64_t e = std::lower_bound(gb, ge, i1) - plan.pair_i.begin();
+        const auto gb = plan.groups->pair_i.begin() + plan.groups->group_begin[g];
+        const auto ge = plan.groups->pair_i.begin() + plan.groups->group_begin[g + 1];
+        const int64_t b = std::lower_bound(gb, ge, i0) - plan.groups->pair_i.begin();
+        const int64_t e = std::lower_bound(gb, ge, i1) - plan.groups->pair_i.begin();
         if (b < e) segments.push_back({g, b, e});
       }
       at::Tensor scores = at::full({B, H, rows, N}, -std::numeric_limits<double>::infinity(), opts);
@@ -202,7 +196,8 @@ AttentionGrads attention_backward_aten(
   // Per-thread token gradients: slots 0..2 the shared parts, 3..5 the sources.
   const at::Device device = key_index.device();
   std::vector<std::array<at::Tensor, 6>> local(work_slots(device));
-  const at::Tensor pair_i = on_device(plan.pair_i, device), pair_j = on_device(plan.pair_j, device);
+  const at::Tensor& pair_i = plan.groups->pair_i_on_device;
+  const at::Tensor& pair_j = plan.groups->pair_j_on_device;
 
   for_work_items(device, G, [&](int64_t first, int64_t last) {
     auto& mine = local[work_slot(device)];
@@ -211,7 +206,7 @@ AttentionGrads attention_backward_aten(
       if (o.source[r].defined() && !mine[3 + r].defined()) mine[3 + r] = at::zeros_like(o.source[r]);
     }
     for (int64_t g = first; g < last; ++g) {
-      const int64_t b = plan.group_begin[g], e = plan.group_begin[g + 1], P = e - b;
+      const int64_t b = plan.groups->group_begin[g], e = plan.groups->group_begin[g + 1], P = e - b;
       at::Tensor I = pair_i.slice(0, b, e), J = pair_j.slice(0, b, e);
       at::Tensor qq = role_rows(o, plan, kQ, g, I), kk = role_rows(o, plan, kK, g, J);
       at::Tensor vv = role_rows(o, plan, kV, g, J);
@@ -228,7 +223,7 @@ AttentionGrads attention_backward_aten(
         if (o.shared[r].defined())
           mine[r].index_add_(1, rows, grads[r].narrow(-1, 0, ds_r).reshape({B, P, H * ds_r}));
         if (!o.table[r].defined()) continue;
-        const int64_t cls = plan.group_class[r][g];
+        const int64_t cls = plan.groups->group_class[r][g];
         const at::Tensor flat = grads[r].narrow(-1, ds_r, dr_r).reshape({B * P, H * dr_r});
         const at::Tensor src = o.source[r].index_select(1, rows).reshape({B * P, plan.source_dim[r]});
         grad_table[r].select(0, cls).addmm_(src.t(), flat);  // this group owns row cls

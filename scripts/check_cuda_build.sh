@@ -13,7 +13,8 @@ nvcc_path="$(command -v nvcc || true)"
 # nvcc may be a wrapper script around the real toolkit: follow it to the toolkit root.
 real_nvcc="$(grep -o '/[^ "]*/bin/nvcc' "$nvcc_path" 2>/dev/null | head -n 1 || true)"
 real_nvcc="$(readlink -f "${real_nvcc:-$nvcc_path}")"
-export CUDA_HOME="$(dirname "$(dirname "$real_nvcc")")"
+CUDA_HOME="$(dirname "$(dirname "$real_nvcc")")"  # assigned apart from `export`, so set -e sees a failure
+export CUDA_HOME
 echo "check_cuda_build: CUDA_HOME=$CUDA_HOME"
 
 python3 -m venv "$venv"
@@ -22,7 +23,9 @@ PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$venv/bin/pip" install --quiet \
   "${TORCH_SPEC:-torch==2.13.0}" numpy ninja pytest setuptools wheel
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 # cuBLAS/cuSPARSE headers (included by ATen/cuda) come with torch's NVIDIA wheels.
-export CPATH="$(ls -d "$site"/nvidia/cu*/include | head -n 1)${CPATH:+:$CPATH}"
+nvidia_include="$(ls -d "$site"/nvidia/cu*/include | head -n 1)"
+[ -n "$nvidia_include" ] || { echo "check_cuda_build: no nvidia/cu*/include in $site" >&2; exit 1; }
+export CPATH="$nvidia_include${CPATH:+:$CPATH}"
 export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" MAX_JOBS="${MAX_JOBS:-2}"
 PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$venv/bin/pip" install --no-build-isolation "$root[demo]"
 

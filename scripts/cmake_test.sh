@@ -12,4 +12,4 @@ command -v cmake >/dev/null || "$bin/pip" install --quiet cmake
 export PATH="$bin:$PATH"
 cmake -S "$root" -B "$build" -G Ninja -DPython3_EXECUTABLE="$python"
 cmake --build "$build" -j "${MAX_JOBS:-2}"
-ctest --test-dir "$build" --output-on-failure
+ctest --test-dir "$build" --output-on-failure --no-tests=error

@@ -14,4 +14,5 @@ MAX_JOBS="${MAX_JOBS:-2}" "$venv/bin/pip" install "$root[demo]"
 # Run from outside the checkout so that the installed package, not the source
 # folder, is imported; fail if the native library did not load.
 cd "$(mktemp -d)"
-TRANSLUTION_EXT_REQUIRE_NATIVE=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests" "$@"
+TRANSLUTION_EXT_REQUIRE_NATIVE=1 TRANSLUTION_EXT_MIN_TESTS="${TRANSLUTION_EXT_MIN_TESTS:-900}" \
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests" "$@"

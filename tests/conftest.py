@@ -59,6 +59,30 @@ FLOAT_DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
 def pytest_sessionstart(session):
+# The only reasons a test may be skipped in CI (CI=true): anything else is a hidden failure.
+EXPLAINED_SKIPS = ("no CUDA device", "emulated CUDA kernels not built", "the sanitizer would abort this process")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("CI", "").lower() != "true":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    problems = []
+    for report in reporter.stats.get("skipped", []):
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if not any(explained in reason for explained in EXPLAINED_SKIPS):
+            problems.append(f"{report.nodeid}: {reason}")
+    passed = len(reporter.stats.get("passed", []))
+    minimum = int(os.environ.get("TRANSLUTION_EXT_MIN_TESTS", "0"))
+    if passed < minimum:
+        problems.append(f"only {passed} tests passed, expected at least TRANSLUTION_EXT_MIN_TESTS = {minimum}")
+    if problems:
+        reporter.write_line("CI check failed:\n  " + "\n  ".join(problems), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
     # CI sets this so that a build that silently fell back to the reference fails loudly.
     if os.environ.get("TRANSLUTION_EXT_REQUIRE_NATIVE", "0") == "1" and not translution_ext.has_native():
         raise pytest.UsageError(

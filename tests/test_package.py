@@ -110,3 +110,16 @@ def test_info_gives_every_reason_a_backend_cannot_run(monkeypatch):
     assert backends["native"].startswith("cannot run: no CUDA device here")
     assert backends["fused"].startswith("cannot run: no CUDA device here")
     assert backends["fused"].endswith("the fused kernels do not apply attention dropout (0.1 while training)")
+
+
+def test_cuda_kernels_for_older_architectures_are_not_used_on_a_newer_gpu():
+    from translution_ext._native import cuda_arch_unsupported_reason as reason
+
+    archs = "8.0;9.0+PTX"
+    assert reason((8, 0), archs) is None and reason((8, 6), archs) is None and reason((8, 9), archs) is None
+    assert reason((9, 0), archs) is None and reason((10, 0), archs) is None and reason((12, 0), archs) is None
+    for old in ((7, 5), (7, 0), (6, 1)):  # a T4, a V100, a P100: no device code they can run
+        message = reason(old, archs)
+        assert f"compute capability {old[0]}.{old[1]}" in message and "TORCH_CUDA_ARCH_LIST" in message
+    assert reason((10, 0), "8.0;9.0") is not None  # no PTX: a newer major cannot run sm_90 code
+    assert reason((9, 0), "8.0 9.0") is None  # torch's space-separated form

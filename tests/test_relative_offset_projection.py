@@ -203,6 +203,21 @@ def test_deterministic_backward(device):
         assert torch.equal(gx, grads[0][0]) and torch.equal(gw, grads[0][1])
 
 
+@requires_native
+@pytest.mark.parametrize("device", DEVICES)
+def test_index_maps_are_validated_and_planned_once_per_version(device):
+    """The kernels read an index map's values on the host once (no device sync per call):
+    a change that bypasses the version counter (.data) goes unseen, an in-place change is checked."""
+    x, w, index = make_inputs(LAYOUTS["1d"](), "key", device=device)
+    index = index.clone()
+    first = relative_offset_projection(x, w, index, "key")
+    index.data[0, 0] = w.shape[0] + 3  # no version bump: the cached plan serves
+    torch.testing.assert_close(relative_offset_projection(x, w, index, "key"), first)
+    index[0, 0] = w.shape[0] + 3  # a tracked in-place change: validated again
+    with pytest.raises(ValueError, match=r"index values must lie in \[0, R\)"):
+        relative_offset_projection(x, w, index, "key")
+
+
 def bad_inputs():
     x = torch.randn(2, 5, 4)
     w = torch.randn(9, 4, 3)

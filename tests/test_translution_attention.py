@@ -223,3 +223,40 @@ def test_table_without_source_or_x():
     x, kw = inputs("1d", 5, "k")
     with pytest.raises(ValueError, match="k_table needs k_source or x"):
         translution_attention(**kw)
+
+
+def test_auto_avoids_the_fused_cuda_path_in_deterministic_mode(monkeypatch):
+    """The ATen-composed fused path on CUDA is not deterministic: under
+    torch.use_deterministic_algorithms(True) "auto" takes the projection kernels there."""
+    from translution_ext import _native
+    from translution_ext.nn.functional import backend_unavailable_reason, resolve_backend
+
+    if not translution_ext.has_native():
+        pytest.skip("native library not loaded")
+    monkeypatch.setattr(_native, "FUSED_DEVICE_TYPES", frozenset({"cpu", "cuda"}))
+    monkeypatch.setattr(_native, "NATIVE_DEVICE_TYPES", frozenset({"cpu", "cuda"}))
+    monkeypatch.setattr(_native, "CUDA_ARCH_REASON", None)
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert "not deterministic" in backend_unavailable_reason("fused", torch.device("cuda"), False)
+        assert resolve_backend("auto", torch.device("cuda")) == "native"
+        assert resolve_backend("auto", torch.device("cpu")) == "fused"  # deterministic on the CPU
+        torch.use_deterministic_algorithms(False)
+        assert resolve_backend("auto", torch.device("cuda")) == "fused"
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pair_groups_are_built_once_per_index_map_version(device):
+    """The index maps are read on the host once (cached): a change that bypasses the version
+    counter (.data) goes unseen, an in-place change is planned and validated again."""
+    x, kw = inputs("2d_cls", (2, 3), "kv", device=device)
+    kw["key_index"] = kw["key_index"].clone()
+    first = translution_attention(x, **kw)
+    kw["key_index"].data[1, 1] = kw["k_table"].shape[0] + 5
+    torch.testing.assert_close(translution_attention(x, **kw), first)
+    kw["key_index"][1, 1] = kw["k_table"].shape[0] + 5
+    with pytest.raises(ValueError, match="key_index"):
+        translution_attention(x, **kw)

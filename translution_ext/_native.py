@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import warnings
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import torch
 
@@ -96,12 +96,48 @@ def has_native() -> bool:
     return LOAD_ERROR is None
 
 
+def cuda_arch_unsupported_reason(capability: Tuple[int, int], archs: str) -> Optional[str]:
+    """None when kernels compiled for ``archs`` (e.g. "8.0;9.0+PTX") run on a GPU of compute capability
+    ``capability``, else the reason.  Device code for X.Y runs on X.Z with Z >= Y; PTX for X.Y is
+    compiled by the driver for any newer GPU."""
+    for arch in filter(None, (a.strip() for a in archs.replace(" ", ";").split(";"))):
+        ptx = arch.endswith("+PTX")
+        major, minor = (int(v) for v in arch.removesuffix("+PTX").split(".")[:2])
+        if (capability[0] == major and capability[1] >= minor) or (ptx and tuple(capability) >= (major, minor)):
+            return None
+    return (f"the CUDA kernels were compiled for the architectures {archs!r}, which cannot run on this GPU "
+            f"(compute capability {capability[0]}.{capability[1]}); rebuild with TORCH_CUDA_ARCH_LIST including "
+            f"\"{capability[0]}.{capability[1]}\" (README, Installing)")
+
+
+def _cuda_arch_reason() -> Optional[str]:
+    """Why the compiled CUDA kernels cannot run on a visible GPU, or None."""
+    if LOAD_ERROR is not None or not torch.cuda.is_available():
+        return None
+    archs = json.loads(torch.ops.translution_ext.build_info()).get("cuda_archs") or ""
+    if not archs:
+        return None
+    for device in range(torch.cuda.device_count()):
+        reason = cuda_arch_unsupported_reason(torch.cuda.get_device_capability(device), archs)
+        if reason is not None:
+            return reason
+    return None
+
+
+CUDA_ARCH_REASON: Optional[str] = _cuda_arch_reason()
+if CUDA_ARCH_REASON is not None:
+    warnings.warn(f"translution_ext: CUDA inputs use the pure-PyTorch reference: {CUDA_ARCH_REASON}",
+                  RuntimeWarning, stacklevel=2)
+
+
 def _device_types(*ops: str) -> frozenset[str]:
-    """Device types for which the library registers a kernel of every op in ``ops``."""
+    """Device types for which the library registers a kernel of every op in ``ops`` that can run here
+    (CUDA kernels compiled for older architectures than the GPU's are left out)."""
     if LOAD_ERROR is None:
         return frozenset(
             device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
             if all(torch._C._dispatch_has_kernel_for_dispatch_key(f"translution_ext::{op}", key) for op in ops)
+            and not (device == "cuda" and CUDA_ARCH_REASON is not None)
         )
     return frozenset()
 

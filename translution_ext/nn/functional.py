@@ -31,9 +31,16 @@ def backend_unavailable_reason(backend: str, device: torch.device, dropout_activ
         return None
     if not _native.has_native():
         return f"the native library is not loaded: {_native.LOAD_ERROR}"
+    if device.type == "cuda" and _native.CUDA_ARCH_REASON is not None:
+        return _native.CUDA_ARCH_REASON
     types = _native.FUSED_DEVICE_TYPES if backend == "fused" else _native.NATIVE_DEVICE_TYPES
     if device.type not in types:
         return f"the native library has no {backend} kernels for device type {device.type!r} (built for {sorted(types)})"
+    if backend == "fused" and device.type == "cuda" and torch.are_deterministic_algorithms_enabled():
+        # The ATen-composed path runs cuBLAS GEMMs (which need CUBLAS_WORKSPACE_CONFIG in this mode)
+        # and index_add_ over repeated rows; the projection kernels are deterministic by construction.
+        return ("the fused path on CUDA is not deterministic (cuBLAS GEMMs and index_add_ of the ATen-composed "
+                "implementation) and torch.use_deterministic_algorithms(True) is set")
     if backend == "fused" and dropout_active:
         return "the fused kernels do not apply dropout to the attention weights (dropout > 0 in training)"
     return None
