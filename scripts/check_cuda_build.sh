@@ -41,13 +41,13 @@ assert info["native"] and info["cuda"], "CUDA kernels were not compiled"
 for op in ("relative_offset_projection", "relative_offset_projection_grad_x",
            "relative_offset_projection_grad_weight", "pixel_shift_products", "pixel_shift_products_backward",
            "acmix_window_attention", "acmix_window_attention_backward", "translution_attention",
-           "translution_attention_backward"):
+           "translution_attention_backward", "xvolution_deployed"):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"translution_ext::{op}", "CUDA"), op
 lib = glob.glob(os.path.join(os.path.dirname(te.__file__), "_C*.so"))[0]
 symbols = subprocess.run(["nm", "-C", lib], capture_output=True, text=True, check=True).stdout
 for kernel in ("relproj_forward_kernel", "relproj_grad_x_kernel", "relproj_grad_weight_kernel",
                "pixel_shift_forward_kernel", "pixel_shift_backward_kernel", "acmix_forward_kernel",
-               "acmix_backward_centre_kernel", "acmix_backward_gather_kernel"):
+               "acmix_backward_centre_kernel", "acmix_backward_gather_kernel", "xvolution_deployed_kernel"):
     assert kernel in symbols, f"{kernel} missing from {lib}"
 sections = subprocess.run(["readelf", "-S", lib], capture_output=True, text=True, check=True).stdout
 assert ".nv_fatbin" in sections, "no device code in the library"

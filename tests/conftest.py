@@ -17,7 +17,8 @@ if EMULATOR_LIBRARY:
     torch.ops.load_library(EMULATOR_LIBRARY)
 CUDA_OPS = ("relative_offset_projection", "relative_offset_projection_grad_x", "relative_offset_projection_grad_weight",
             "translution_attention", "translution_attention_backward", "acmix_window_attention",
-            "acmix_window_attention_backward", "pixel_shift_products", "pixel_shift_products_backward")
+            "acmix_window_attention_backward", "pixel_shift_products", "pixel_shift_products_backward",
+            "xvolution_deployed")
 
 
 class EmulatedCuda(str):

@@ -151,6 +151,30 @@ def test_pixel_shift_kernels_are_race_free(emu, dtype, lengths):
     torch.testing.assert_close(out, pixel_shift_products_reference(x, shift_offsets(lengths)))
 
 
+def xvolution_deployed_case(lengths, ci, co, k, ka, dtype=torch.float32):
+    """x, a folded W* (T(X) taps zero outside the centre Ka x Ka), b*, flat shifts and the one-conv result."""
+    g = torch.Generator().manual_seed(0)
+    shifts = shift_offsets(lengths)
+    x = torch.randn(2, ci, 7, 6, generator=g, dtype=torch.float64)
+    w = torch.randn(co, ci * (1 + len(shifts)), k, k, generator=g, dtype=torch.float64)
+    keep = torch.zeros(k, k, dtype=torch.float64)
+    keep[(k - ka) // 2:(k + ka) // 2, (k - ka) // 2:(k + ka) // 2] = 1
+    w[:, ci:] *= keep
+    b = torch.randn(co, generator=g, dtype=torch.float64)
+    t = pixel_shift_products_reference(x, shifts)
+    ref = torch.nn.functional.conv2d(torch.cat([x, t], 1), w, b, 2, k // 2)
+    return x.to(dtype), w.to(dtype), b.to(dtype), [v for s in shifts for v in s], ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("lengths,ka", [((1,), 1), ((1, 2), 3)])
+def test_xvolution_deployed_kernel_is_race_free(emu, dtype, lengths, ka):
+    x, w, b, flat, ref = xvolution_deployed_case(lengths, 3, 70, 3, ka, dtype)  # Co = 70: two Co tiles
+    (out,) = racecheck(lambda: emu.xvolution_deployed(x, w, b, flat, 2, ka))
+    tol = 1e-5 if dtype == torch.float32 else 3e-2 * ref.abs().max().item()
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("layout", ["2d_cls", "causal"])
 def test_fused_attention_cuda_registration_is_race_free(emu, layout):
     ix = indexing.offset_index_2d_cls((3, 3)) if layout == "2d_cls" else indexing.offset_index_causal_1d(9)
@@ -180,6 +204,13 @@ def test_launch_counts(emu):
     img = torch.randn(1, 2, 5, 5)
     flat = [v for s in shift_offsets(tuple(range(1, 10))) for v in s]  # 72 shifts: two chunks of <= 64
     assert launches(lambda: emu.pixel_shift_products(img, flat)) == 2
+    w = torch.randn(3, 2 * 73, 3, 3)
+    assert launches(lambda: emu.xvolution_deployed(img, w, None, flat, 1, 1)) == 2  # one per chunk of shifts
+
+
+def test_xvolution_deployed_with_more_than_64_shifts(emu):
+    x, w, b, flat, ref = xvolution_deployed_case(tuple(range(1, 10)), 2, 3, 3, 1, torch.float64)
+    torch.testing.assert_close(emu.xvolution_deployed(x, w, b, flat, 2, 1), ref)
 
 
 def test_more_than_64_shifts_match_the_reference(emu):
@@ -227,7 +258,7 @@ def test_emulated_ops_have_the_schemas_of_the_package_ops():
     for name in ("relative_offset_projection", "relative_offset_projection_grad_x",
                  "relative_offset_projection_grad_weight", "translution_attention", "translution_attention_backward",
                  "acmix_window_attention", "acmix_window_attention_backward", "pixel_shift_products",
-                 "pixel_shift_products_backward"):
+                 "pixel_shift_products_backward", "xvolution_deployed"):
         ours = getattr(torch.ops.translution_ext, name).default._schema
         emulated = getattr(torch.ops.translution_ext_emu, name).default._schema
         assert str(emulated).replace("translution_ext_emu::", "translution_ext::") == str(ours)

@@ -1,6 +1,6 @@
 // Pixel-shift products T(X) on CUDA: one thread per output element (forward) or per
 // input element (backward, which gathers its terms: no atomics, deterministic).  Any number
-// of shifts: they go to the kernels in chunks of kShiftsPerLaunch.
+// of shifts: they go to the kernels in chunks of kShiftsPerLaunch (shift_chunks.cuh).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "launch.cuh"
+#include "shift_chunks.cuh"
 
 #include "../pixel_shift_products.h"
 
@@ -16,25 +17,6 @@ namespace translution_ext {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kShiftsPerLaunch = 64;  // kernel parameters are passed by value (4 KB limit)
-
-// Shifts [first, first + count) of the op's list.
-struct Shifts {
-  int64_t first, count;
-  int64_t d[2 * kShiftsPerLaunch];
-};
-
-std::vector<Shifts> shift_chunks(const std::vector<int64_t>& flat) {
-  std::vector<Shifts> chunks;
-  const int64_t total = static_cast<int64_t>(flat.size() / 2);
-  for (int64_t first = 0; first < total; first += kShiftsPerLaunch) {
-    Shifts sh{first, std::min<int64_t>(kShiftsPerLaunch, total - first), {}};
-    for (int64_t i = 0; i < 2 * sh.count; ++i) sh.d[i] = flat[2 * first + i];
-    chunks.push_back(sh);
-  }
-  return chunks;
-}
-
 // out[b, (first + s)*C + c, y, x] for the shifts s of one chunk; S: all shifts.
 template <typename scalar_t>
 __global__ void pixel_shift_forward_kernel(const scalar_t* x, scalar_t* out, int64_t B, int64_t C, int64_t H, int64_t W,
