@@ -1,16 +1,21 @@
-// The deployed X-volution on CPU: both parts run through ATen's convolution (oneDNN), which beats a
-// hand-made GEMM here (BLAS called inside at::parallel_for would start nested threads).  The X part
-// is the K x K conv of W*[:, :C]; the T(X) part goes slab by slab of images: their products
-// X[c, q] * X[c, q + d_s] fill a buffer at most the size of X (one image's T(X) at least), convolved
-// with the centre Ka x Ka taps of W*[:, C:] only (the taps the fold left zero are skipped) and added
-// to the output.  T(X) of the whole batch and the concatenation are never built.  Half types compute
-// in float and round once.
+// The deployed X-volution on CPU.  The X part is the K x K conv of W*[:, :C] through ATen (oneDNN).
+// The T(X) part reads the centre Ka x Ka taps of W*[:, C:] only (the taps the fold left zero are
+// skipped) and never builds T(X) of the batch or the concatenation:
+//   Ka = 1: per (image, block of output rows) on one thread, the products X[c, q] * X[c, q + d_s]
+//           of a chunk of channels fill a cache-sized buffer, and oneDNN's batch-reduce GEMM kernel
+//           (single-threaded; ATen's BLAS inside at::parallel_for would start nested threads) adds
+//           W_T[:, chunk] @ buffer into the output rows;
+//   Ka > 1: slab by slab of images, their products fill a buffer (16 MB or the size of X), run
+//           through oneDNN's convolution and added to the output.
+// Half types compute in float and round once.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "../xvolution_deployed.h"
 
@@ -18,6 +23,9 @@ namespace translution_ext {
 
 namespace {
 
+constexpr int64_t kBufferElements = int64_t(1) << 16;  // products buffer per thread: 256 KB, cache-sized
+constexpr int64_t kMinPixels = 128;                    // GEMM width of a work item
+constexpr int64_t kSlabElements = int64_t(1) << 22;    // T(X) slab: 16 MB of fp32 or the size of X
 constexpr const char* kOp = "xvolution_deployed: ";
 
 // t[i, s*C + c] = X[b0 + i, c] * S_{d_s}(X[b0 + i, c]) for the images [b0, b1): T(X) of a slab of images.
@@ -47,6 +55,73 @@ void fill_products(const T* x, const XvolutionDeployedGeometry& g, int64_t b0, i
   });
 }
 
+// The first output column ox >= 0 whose input column ox * stride + off is >= bound.
+int64_t first_col(int64_t bound, int64_t off, int64_t stride) {
+  const int64_t n = bound - off;
+  return n <= 0 ? 0 : (n + stride - 1) / stride;
+}
+
+// buffer[r - r0, (oy - oy0) * Wo + ox] for the GEMM rows r in [r0, r1) of image b: T(X)[b, s*C + c] at the
+// input position of tap (ky, kx) of output (oy, ox), 0 outside the image; r = ((s*C + c)*Ka + ky)*Ka + kx.
+void fill_tap_products(const float* x, const XvolutionDeployedGeometry& g, int64_t b, int64_t oy0, int64_t oy1,
+                       int64_t r0, int64_t r1, float* buffer) {
+  const int64_t n = (oy1 - oy0) * g.Wo, a = g.Ka / 2, st = g.stride, taps = g.Ka * g.Ka;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t kx = r % g.Ka, ky = (r / g.Ka) % g.Ka, c = (r / taps) % g.C, s = r / (taps * g.C);
+    const int64_t dy = g.shifts[2 * s], dx = g.shifts[2 * s + 1], off = kx - a;
+    const float* plane = x + (b * g.C + c) * g.H * g.W;
+    // Columns where both X[iy, ix] and X[iy + dy, ix + dx] are inside: a branch-free inner loop.
+    const int64_t lo = std::min(g.Wo, first_col(std::max<int64_t>(0, -dx), off, st));
+    const int64_t hi = std::max(lo, std::min(g.Wo, first_col(std::min(g.W, g.W - dx), off, st)));
+    float* o = buffer + (r - r0) * n;
+    for (int64_t oy = oy0; oy < oy1; ++oy, o += g.Wo) {
+      const int64_t iy = oy * st + ky - a;
+      if (iy < 0 || iy >= g.H || iy + dy < 0 || iy + dy >= g.H) {
+        std::fill(o, o + g.Wo, 0.f);
+        continue;
+      }
+      const float* p = plane + iy * g.W;
+      const float* q = plane + (iy + dy) * g.W;
+      std::fill(o, o + lo, 0.f);
+      if (st == 1) {
+        for (int64_t ox = lo; ox < hi; ++ox) o[ox] = p[ox + off] * q[ox + off + dx];
+      } else {
+        for (int64_t ox = lo; ox < hi; ++ox) o[ox] = p[ox * st + off] * q[ox * st + off + dx];
+      }
+      std::fill(o + hi, o + g.Wo, 0.f);
+    }
+  }
+}
+
+// float: per work item (image, block of output rows) on one thread, the products of a chunk of GEMM rows
+// fill a cache-sized buffer and oneDNN's batch-reduce GEMM kernel (single-threaded by design) adds
+// W_T[:, chunk] @ buffer into the item's output rows of y.
+void add_pssa_part_fused(const at::Tensor& x, const at::Tensor& w_t, const XvolutionDeployedGeometry& g,
+                         at::Tensor& y) {
+  const int64_t R = g.reduction(), HWo = g.Ho * g.Wo;
+  const int64_t rows = std::min(g.Ho, std::max<int64_t>(1, (kMinPixels + g.Wo - 1) / g.Wo));
+  const int64_t blocks = (g.Ho + rows - 1) / rows;
+  const int64_t chunk = std::min(R, std::max<int64_t>(16, kBufferElements / (rows * g.Wo)));
+  const float* xp = x.const_data_ptr<float>();
+  const float* wp = w_t.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  at::parallel_for(0, g.B * blocks, 1, [&](int64_t first, int64_t last) {
+    std::vector<float> buffer(chunk * rows * g.Wo);
+    for (int64_t item = first; item < last; ++item) {
+      const int64_t b = item / blocks, oy0 = (item % blocks) * rows, oy1 = std::min(g.Ho, oy0 + rows);
+      const int64_t n = (oy1 - oy0) * g.Wo;
+      for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+        const int64_t r1 = std::min(R, r0 + chunk);
+        fill_tap_products(xp, g, b, oy0, oy1, r0, r1, buffer.data());
+        // y[b, :, oy0:oy1, :] (Co, n), row stride Ho*Wo, += W_T[:, r0:r1] (Co, r1 - r0) @ buffer (r1 - r0, n)
+        at::native::cpublas::brgemm(g.Co, n, r1 - r0, R, n, HWo, true, wp + r0, buffer.data(),
+                                    yp + b * g.Co * HWo + oy0 * g.Wo, false);
+      }
+    }
+    at::native::cpublas::brgemm_release(false);
+  });
+}
+
 at::Tensor xvolution_deployed_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
                                   const std::optional<at::Tensor>& bias_in, at::IntArrayRef shifts,
                                   int64_t stride, int64_t pssa_kernel_size) {
@@ -58,9 +133,17 @@ at::Tensor xvolution_deployed_cpu(const at::Tensor& x_in, const at::Tensor& weig
   at::Tensor y = xvolution_deployed_conv_part(x, weight, bias, g);
   if (y.numel() == 0) return y.to(x_in.scalar_type());
   const at::Tensor w_t = xvolution_deployed_pssa_weight(weight, g);
-  // Slabs of images whose T(X) together is at most the size of X (one image at least), each run
-  // through ATen's convolution (oneDNN) with the centre Ka x Ka taps only.
-  const int64_t slab = std::max<int64_t>(1, g.B / g.S);
+  // Ka = 1: the T(X) part is a GEMM over channels, fused with the products (no T(X) slab at all).
+  // Ka > 1 (and fp64, which the batch-reduce kernel lacks): oneDNN's direct convolution on slabs beats
+  // an im2col GEMM, whose operand would be Ka² times T(X).
+  if (compute == at::kFloat && g.Ka == 1) {
+    add_pssa_part_fused(x, w_t, g, y);
+    return y.to(x_in.scalar_type());
+  }
+  // Slabs of images whose T(X) together is at most the size of X or kSlabElements (one image at least),
+  // each run through ATen's convolution (oneDNN) with the centre Ka x Ka taps only.
+  const int64_t image_t = g.S * g.C * g.H * g.W;
+  const int64_t slab = std::max<int64_t>(1, std::max(x.numel(), kSlabElements) / std::max<int64_t>(1, image_t));
   at::Tensor t_buffer = at::empty({std::min(slab, g.B), g.S * g.C, g.H, g.W}, x.options());
   AT_DISPATCH_FLOATING_TYPES(compute, "xvolution_deployed", [&] {
     for (int64_t b0 = 0; b0 < g.B; b0 += slab) {
