@@ -228,7 +228,7 @@ class PlanCache {
  private:
   struct Entry {
     at::Tensor index;
-    uint32_t version;
+    int64_t version;
     int64_t num_classes;
     ProjectionSide side;
     int64_t src_block;

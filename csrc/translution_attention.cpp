@@ -166,7 +166,7 @@ std::shared_ptr<const PairGroups> cached_pair_groups(const AttentionInputs& in, 
   if (in.key_index.is_inference() || in.query_index.is_inference()) return build_pair_groups(in, plan);
   struct Entry {
     at::Tensor key_index, query_index;
-    uint32_t key_version, query_version;
+    int64_t key_version, query_version;
     bool causal;
     std::array<int64_t, 3> table_rows;  // -1: the role is not relative
     std::shared_ptr<const PairGroups> groups;
