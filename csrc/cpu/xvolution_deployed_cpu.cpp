@@ -28,17 +28,19 @@ constexpr int64_t kMinPixels = 128;                    // GEMM width of a work i
 constexpr int64_t kSlabElements = int64_t(1) << 22;    // T(X) slab: 16 MB of fp32 or the size of X
 constexpr const char* kOp = "xvolution_deployed: ";
 
-// t[i, s*C + c] = X[b0 + i, c] * S_{d_s}(X[b0 + i, c]) for the images [b0, b1): T(X) of a slab of images.
+// t[i, s*C + c] = X[b0 + i, c] * S_{d_s}(X[b0 + i, c]) for the images [b0, b1): T(X) of a slab of images;
+// image i starts image_stride elements after image i - 1.
 // Per row, the columns whose neighbour is inside the image run a branch-free inner loop.
 template <typename T>
-void fill_products(const T* x, const XvolutionDeployedGeometry& g, int64_t b0, int64_t b1, T* t) {
+void fill_products(const T* x, const XvolutionDeployedGeometry& g, int64_t b0, int64_t b1, T* t,
+                   int64_t image_stride) {
   const int64_t plane_size = g.H * g.W;
   at::parallel_for(0, (b1 - b0) * g.S * g.C, 1, [&](int64_t first, int64_t last) {
     for (int64_t item = first; item < last; ++item) {
       const int64_t c = item % g.C, s = (item / g.C) % g.S, b = b0 + item / (g.C * g.S);
       const int64_t dy = g.shifts[2 * s], dx = g.shifts[2 * s + 1];
       const T* plane = x + (b * g.C + c) * plane_size;
-      T* o = t + item * plane_size;
+      T* o = t + (item / (g.S * g.C)) * image_stride + (item % (g.S * g.C)) * plane_size;
       const int64_t lo = std::clamp<int64_t>(-dx, 0, g.W), hi = std::clamp<int64_t>(g.W - dx, lo, g.W);
       for (int64_t y = 0; y < g.H; ++y, o += g.W) {
         if (y + dy < 0 || y + dy >= g.H) {
@@ -130,27 +132,35 @@ at::Tensor xvolution_deployed_cpu(const at::Tensor& x_in, const at::Tensor& weig
   const at::Tensor x = x_in.to(compute).contiguous(), weight = weight_in.to(compute);
   const std::optional<at::Tensor> bias =
       bias_in.has_value() ? std::optional<at::Tensor>(bias_in->to(compute)) : std::nullopt;
-  at::Tensor y = xvolution_deployed_conv_part(x, weight, bias, g);
+  // Ka = 1: the T(X) part is a GEMM over channels, fused with the products (no T(X) slab at all).
+  // Ka > 1 (and fp64, which the batch-reduce kernel lacks): oneDNN's direct convolution on slabs of
+  // images beats an im2col GEMM, whose operand would be Ka² times T(X).  With Ka = K no tap of W* is
+  // structurally zero: a slab holds [X, T(X)] of its images and runs W* as one convolution.
+  const bool one_conv = g.Ka == g.K && !(compute == at::kFloat && g.Ka == 1);
+  at::Tensor y = one_conv ? at::empty({g.B, g.Co, g.Ho, g.Wo}, x.options())
+                          : xvolution_deployed_conv_part(x, weight, bias, g);
   if (y.numel() == 0) return y.to(x_in.scalar_type());
   const at::Tensor w_t = xvolution_deployed_pssa_weight(weight, g);
-  // Ka = 1: the T(X) part is a GEMM over channels, fused with the products (no T(X) slab at all).
-  // Ka > 1 (and fp64, which the batch-reduce kernel lacks): oneDNN's direct convolution on slabs beats
-  // an im2col GEMM, whose operand would be Ka² times T(X).
   if (compute == at::kFloat && g.Ka == 1) {
     add_pssa_part_fused(x, w_t, g, y);
     return y.to(x_in.scalar_type());
   }
-  // Slabs of images whose T(X) together is at most the size of X or kSlabElements (one image at least),
-  // each run through ATen's convolution (oneDNN) with the centre Ka x Ka taps only.
-  const int64_t image_t = g.S * g.C * g.H * g.W;
-  const int64_t slab = std::max<int64_t>(1, std::max(x.numel(), kSlabElements) / std::max<int64_t>(1, image_t));
-  at::Tensor t_buffer = at::empty({std::min(slab, g.B), g.S * g.C, g.H, g.W}, x.options());
+  // Slabs of images whose buffer together is at most the size of X or kSlabElements (one image at least).
+  const int64_t in_channels = one_conv ? g.C * (1 + g.S) : g.S * g.C, image = in_channels * g.H * g.W;
+  const int64_t slab = std::min(g.B, std::max<int64_t>(1, std::max(x.numel(), kSlabElements) / std::max<int64_t>(1, image)));
+  at::Tensor buffer = at::empty({slab, in_channels, g.H, g.W}, x.options());
   AT_DISPATCH_FLOATING_TYPES(compute, "xvolution_deployed", [&] {
     for (int64_t b0 = 0; b0 < g.B; b0 += slab) {
       const int64_t b1 = std::min(g.B, b0 + slab);
-      at::Tensor t = t_buffer.narrow(0, 0, b1 - b0);
-      fill_products(x.const_data_ptr<scalar_t>(), g, b0, b1, t.mutable_data_ptr<scalar_t>());
-      y.narrow(0, b0, b1 - b0).add_(at::conv2d(t, w_t, {}, {g.stride, g.stride}, {g.Ka / 2, g.Ka / 2}));
+      at::Tensor t = buffer.narrow(0, 0, b1 - b0);
+      if (one_conv) {
+        t.narrow(1, 0, g.C).copy_(x.narrow(0, b0, b1 - b0));
+        fill_products(x.const_data_ptr<scalar_t>(), g, b0, b1, t.mutable_data_ptr<scalar_t>() + g.C * g.H * g.W, image);
+        y.narrow(0, b0, b1 - b0).copy_(at::conv2d(t, weight, bias, {g.stride, g.stride}, {g.K / 2, g.K / 2}));
+      } else {
+        fill_products(x.const_data_ptr<scalar_t>(), g, b0, b1, t.mutable_data_ptr<scalar_t>(), image);
+        y.narrow(0, b0, b1 - b0).add_(at::conv2d(t, w_t, {}, {g.stride, g.stride}, {g.Ka / 2, g.Ka / 2}));
+      }
     }
   });
   return y.to(x_in.scalar_type());
