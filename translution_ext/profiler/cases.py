@@ -35,6 +35,7 @@ class Setting:
     layout: str = "1d"
     relative: str = "qkv"
     window: int = 7
+    pssa_kernel_size: int = 1
     reference_gb: float = 4.0
     repeat: int = 3
 
@@ -183,26 +184,32 @@ def acmix(s: Setting) -> Workload:
 
 
 def xvolution(s: Setting) -> Workload:
-    """X-volution in eval mode, forward only: deployed (ours), training form, the deployed conv
-    alone on a ready input (wide_conv, its roofline) and a plain 3x3 conv C -> C (for scale).
+    """X-volution (K = 3, |D| = 8, Ka = --pssa-kernel-size) in eval mode, forward only: deployed
+    (ours: the xvolution_deployed op), training form, a plain 3x3 conv doing the deployed form's
+    useful MACs (same_macs_conv: round(C·(9 + 8·Ka²) / 9) -> C channels, its roofline), the folded
+    conv alone on a ready [X, T(X)] (wide_conv: what running W* as one conv costs at least) and a
+    plain 3x3 conv C -> C (for scale).
 
-    FLOPs: each implementation's own convolutions; deployed and wide_conv 2·B·H·W·C·9C·3²
-    (|D| = 8), training 2·B·H·W·C·C·(9 + 8), conv 2·B·H·W·C·C·9."""
+    FLOPs: useful MACs x 2; ours, training and same_macs_conv 2·B·H·W·C·C·(9 + 8·Ka²), wide_conv
+    2·B·H·W·C·9C·3², conv 2·B·H·W·C·C·9."""
     from ..nn import XVolution
     from ..reparameterize import reparameterize_model
 
-    c, dt, pixels = s.dim, _dtype(s), s.batch * tokens(s)
+    c, dt, pixels, ka = s.dim, _dtype(s), s.batch * tokens(s), s.pssa_kernel_size
     x = torch.randn(s.batch, c, s.length, s.length, device=s.device, dtype=dt)
-    model = XVolution(c, c, 3).to(s.device, dt).eval()
-    flops = 2 * pixels * c * 9 * c * 9  # the deployed conv: 9C -> C, 3x3
+    model = XVolution(c, c, 3, pssa_kernel_size=ka).to(s.device, dt).eval()
+    flops = 2 * pixels * c * c * (9 + 8 * ka * ka)  # 3x3 conv C -> C and Ka x Ka conv 8C -> C
     if s.impl == "ours":
         run = reparameterize_model(model)
     elif s.impl == "training":
-        run, flops = model, 2 * pixels * c * c * (9 + 8)  # 3x3 conv C -> C and 1x1 conv 8C -> C
+        run = model
+    elif s.impl == "same_macs_conv":
+        run = torch.nn.Conv2d(round(c * (9 + 8 * ka * ka) / 9), c, 3, padding=1).to(s.device, dt).eval()
+        x = torch.randn(s.batch, run.in_channels, s.length, s.length, device=s.device, dtype=dt)
     elif s.impl == "wide_conv":
         wide = reparameterize_model(model).deployed_conv
         x = torch.randn(s.batch, wide.in_channels, s.length, s.length, device=s.device, dtype=dt)
-        run = wide
+        run, flops = wide, 2 * pixels * c * 9 * c * 9
     else:
         run, flops = torch.nn.Conv2d(c, c, 3, padding=1).to(s.device, dt).eval(), 2 * pixels * c * c * 9
 
@@ -216,10 +223,10 @@ OPS: Dict[str, Tuple[Callable[[Setting], Workload], Tuple[str, ...]]] = {
     "relproj": (relproj, ("ours", "reference", "gemm", "sdpa")),
     "translution": (translution, ("ours", "reference", "gemm", "sdpa")),
     "acmix": (acmix, ("ours", "reference", "gemm", "sdpa")),
-    "xvolution": (xvolution, ("ours", "training", "wide_conv", "conv")),
+    "xvolution": (xvolution, ("ours", "training", "same_macs_conv", "wide_conv", "conv")),
 }
 BASELINE = {"relproj": "reference", "translution": "reference", "acmix": "reference", "xvolution": "training"}
-ROOFLINE = {"relproj": "gemm", "translution": "gemm", "acmix": "gemm", "xvolution": "wide_conv"}
+ROOFLINE = {"relproj": "gemm", "translution": "gemm", "acmix": "gemm", "xvolution": "same_macs_conv"}
 PASS = {"relproj": "fwd+bwd", "translution": "fwd+bwd", "acmix": "fwd+bwd", "xvolution": "fwd (eval)"}
 
 

@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="token layout of relproj / translution")
     p.add_argument("--relative", default="qkv", help="relative roles of translution")
     p.add_argument("--window", type=positive_int, default=7, help="ACmix attention window")
+    p.add_argument("--pssa-kernel-size", type=positive_int, default=1, choices=[1, 3],
+                   help="X-volution's Ka, the kernel of the conv on T(X) (K = 3)")
     p.add_argument("--reference-gb", type=float, default=4.0,
                    help="memory the reference approach may take; beyond it, it runs on fewer query rows "
                         "and its time is scaled to all rows")
@@ -180,10 +182,12 @@ def run(args) -> int:
     base = Setting(op=args.op, impl="", length=0, batch=args.batch or (8 if args.device == "cpu" else 32),
                    dim=args.dim, heads=args.heads, dtype=args.dtype or ("float32" if args.device == "cpu" else "bfloat16"),
                    device=args.device, backend=args.backend, layout=args.layout, relative=args.relative,
-                   window=args.window, reference_gb=args.reference_gb, repeat=args.repeat)
+                   window=args.window, pssa_kernel_size=args.pssa_kernel_size, reference_gb=args.reference_gb,
+                   repeat=args.repeat)
     title = (f"{args.op} {PASS[args.op]}, {base.device} ({device_name(base.device)}), {base.dtype}, B={base.batch}, "
              f"C={base.dim}, {base.heads} heads" + (f", layout {base.layout}" if args.op in ("relproj", "translution")
-                                                   else ""))
+                                                   else "")
+             + (f", K = 3, Ka = {base.pssa_kernel_size}" if args.op == "xvolution" else ""))
     print(title)
     print(describe(args.op))
     print("GFLOP/s counts the FLOPs above; 'vs ours' is the time ratio")
