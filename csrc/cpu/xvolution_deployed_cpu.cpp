@@ -147,7 +147,8 @@ at::Tensor xvolution_deployed_cpu(const at::Tensor& x_in, const at::Tensor& weig
   }
   // Slabs of images whose buffer together is at most the size of X or kSlabElements (one image at least).
   const int64_t in_channels = one_conv ? g.C * (1 + g.S) : g.S * g.C, image = in_channels * g.H * g.W;
-  const int64_t slab = std::min(g.B, std::max<int64_t>(1, std::max(x.numel(), kSlabElements) / std::max<int64_t>(1, image)));
+  const int64_t budget = std::max(x.numel(), kSlabElements);
+  const int64_t slab = std::min(g.B, std::max<int64_t>(1, budget / std::max<int64_t>(1, image)));
   at::Tensor buffer = at::empty({slab, in_channels, g.H, g.W}, x.options());
   AT_DISPATCH_FLOATING_TYPES(compute, "xvolution_deployed", [&] {
     for (int64_t b0 = 0; b0 < g.B; b0 += slab) {

@@ -100,7 +100,8 @@ at::Tensor xvolution_deployed_cuda(const at::Tensor& x_in, const at::Tensor& wei
   if (y.numel() == 0) return y;
   const at::Tensor w_t = xvolution_deployed_pssa_weight(weight, g);
   const Dims dims{g.B, g.C, g.H, g.W, g.Co, g.Ka, g.stride, g.Ho, g.Wo, g.reduction()};
-  const dim3 grid(static_cast<unsigned>((g.B * g.Ho * g.Wo + kBN - 1) / kBN), static_cast<unsigned>((g.Co + kBM - 1) / kBM));
+  const dim3 grid(static_cast<unsigned>((g.B * g.Ho * g.Wo + kBN - 1) / kBN),
+                  static_cast<unsigned>((g.Co + kBM - 1) / kBM));
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "xvolution_deployed", [&] {
     for (const Shifts& sh : shift_chunks(g.shifts)) {
