@@ -59,7 +59,6 @@ def _run_emulated_cuda_kernels(request):
 FLOAT_DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
-def pytest_sessionstart(session):
 # The only reasons a test may be skipped in CI (CI=true): anything else is a hidden failure.
 EXPLAINED_SKIPS = ("no CUDA device", "emulated CUDA kernels not built", "the sanitizer would abort this process")
 
@@ -84,6 +83,7 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def pytest_sessionstart(session):
     # CI sets this so that a build that silently fell back to the reference fails loudly.
     if os.environ.get("TRANSLUTION_EXT_REQUIRE_NATIVE", "0") == "1" and not translution_ext.has_native():
         raise pytest.UsageError(
