@@ -27,7 +27,7 @@ nvidia_include="$(ls -d "$site"/nvidia/cu*/include | head -n 1)"
 [ -n "$nvidia_include" ] || { echo "check_cuda_build: no nvidia/cu*/include in $site" >&2; exit 1; }
 export CPATH="$nvidia_include${CPATH:+:$CPATH}"
 export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" MAX_JOBS="${MAX_JOBS:-2}"
-PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$venv/bin/pip" install --no-build-isolation "$root[demo]"
+PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$venv/bin/pip" install --no-build-isolation "$root[demo,export]"
 
 cd "$(mktemp -d)"
 "$venv/bin/python" - <<'PY'
