@@ -98,7 +98,9 @@ def write_plot(path: str, rows: List[dict], title: str) -> Optional[str]:
         errors = [100 * r[key + "_std"] for r in rows] if several else None
         bars = ax.bar([x + width * (i - 1) for x in range(len(rows))], values, width=width, yerr=errors,
                       capsize=2, label=name)
-        ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=7, padding=2)
+        # Inside the bars, where the error bars do not cross them.
+        ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], label_type="center", fontsize=7, color="white",
+                     fontweight="bold")
     ax.axhline(100 * CHANCE, color="grey", linestyle="--", linewidth=1, label=f"chance ({100 * CHANCE:.0f}%)")
     ax.set_xticks(range(len(rows)), [f"{r['model']}\n{r['params']:,} parameters" for r in rows], fontsize=8)
     ax.set_ylabel("test accuracy (%)")
