@@ -1,4 +1,6 @@
 // What this library was compiled with, reported as JSON by the build_info op.
+#include "build_info.h"
+
 #include <torch/library.h>
 
 #include <sstream>

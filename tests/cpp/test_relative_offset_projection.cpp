@@ -1,5 +1,6 @@
 // C++ test of the relative-offset projection through the dispatcher, against
 // plain loops: forward, both gradients, both sides, and the argument errors.
+#include "build_info.h"
 #include "relative_offset_projection.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
