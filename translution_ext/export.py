@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._checks import check_positive_int, check_positive_odd_int
+from .nn.xvolution import check_xvolution_sizes
 from .ops.pixel_shift_products import shift_offsets
 from .ops.xvolution_deployed import xvolution_deployed_reference
 
@@ -36,12 +36,7 @@ class DeployedXVolutionReference(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  shift_lengths: Sequence[int] = (1,), pssa_kernel_size: int = 1):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("stride", stride)):
-            check_positive_int(name, value)
-        check_positive_odd_int("kernel_size", kernel_size)
-        check_positive_odd_int("pssa_kernel_size", pssa_kernel_size)
-        if pssa_kernel_size > kernel_size:
-            raise ValueError(f"pssa_kernel_size must be <= kernel_size = {kernel_size}, got {pssa_kernel_size}")
+        check_xvolution_sizes(in_channels, out_channels, kernel_size, stride, pssa_kernel_size)
         self.in_channels, self.stride, self.pssa_kernel_size = in_channels, stride, pssa_kernel_size
         self.shifts = shift_offsets(tuple(shift_lengths))
         self.deployed_conv = nn.Conv2d(in_channels * (1 + len(self.shifts)), out_channels, kernel_size, stride,

@@ -21,6 +21,17 @@ def _odd(name: str, k: int) -> None:
     check_positive_odd_int(name, k, why=" (the branches are folded at the kernel centre)")
 
 
+def check_xvolution_sizes(in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                          pssa_kernel_size: int) -> None:
+    """The size arguments of an X-volution layer (training, deployed or its plain-PyTorch form)."""
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("stride", stride)):
+        check_positive_int(name, value)
+    _odd("kernel_size", kernel_size)
+    _odd("pssa_kernel_size", pssa_kernel_size)
+    if pssa_kernel_size > kernel_size:
+        raise ValueError(f"pssa_kernel_size must be <= kernel_size = {kernel_size}, got {pssa_kernel_size}")
+
+
 class XVolution(nn.Module):
     """X-volution block, Y = BN(Conv_K(X)) + BN(Conv_Ka(T(X))) (+ optional RepVGG-style extras).
 
@@ -48,12 +59,7 @@ class XVolution(nn.Module):
                  shift_lengths: Sequence[int] = (1,), pssa_kernel_size: int = 1, extra_branches: bool = False,
                  deploy: bool = False):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("stride", stride)):
-            check_positive_int(name, value)
-        _odd("kernel_size", kernel_size)
-        _odd("pssa_kernel_size", pssa_kernel_size)
-        if pssa_kernel_size > kernel_size:
-            raise ValueError(f"pssa_kernel_size must be <= kernel_size = {kernel_size}, got {pssa_kernel_size}")
+        check_xvolution_sizes(in_channels, out_channels, kernel_size, stride, pssa_kernel_size)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.pssa_kernel_size = kernel_size, stride, pssa_kernel_size
         self.shift_lengths = tuple(shift_lengths)
