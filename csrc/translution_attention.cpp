@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include <list>
+#include <numeric>
 #include <mutex>
 
 #include "checks.h"
@@ -91,6 +92,67 @@ at::ScalarType attention_opmath(at::ScalarType t) {
 
 namespace {
 
+// The CUDA kernels' work lists (see KernelPlanLayout), packed into one int32 tensor on `device`.
+void build_kernel_plan(PairGroups& groups, int64_t N, const at::Device& device) {
+  const int64_t P = groups.group_begin.back(), G = groups.num_groups();
+  const int64_t tiles = (N + kPlanTileRows - 1) / kPlanTileRows;
+  TORCH_CHECK_VALUE(P < (int64_t(1) << 31) / 4, kOp, "too many pairs for the CUDA kernels' 32-bit plan: ", P);
+  std::vector<int64_t> key_order(P);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t b = groups.group_begin[g], e = groups.group_begin[g + 1];
+    std::iota(key_order.begin() + b, key_order.begin() + e, b);
+    std::stable_sort(key_order.begin() + b, key_order.begin() + e,
+                     [&](int64_t x, int64_t y) { return groups.pair_j[x] < groups.pair_j[y]; });
+  }
+  // Segments per tile: the pairs of each group whose row (query: i, key: j) lies in the tile.
+  auto segments = [&](const std::vector<int64_t>& rows, const int64_t* order,
+                      std::vector<int32_t>& tile_begin, std::vector<int32_t>& list) {
+    std::vector<std::vector<std::array<int64_t, 3>>> per_tile(tiles);
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t b = groups.group_begin[g], e = groups.group_begin[g + 1];
+      for (int64_t s = b; s < e;) {
+        const int64_t tile = rows[order ? order[s] : s] / kPlanTileRows;
+        int64_t t = s + 1;
+        while (t < e && rows[order ? order[t] : t] / kPlanTileRows == tile) ++t;
+        per_tile[tile].push_back({g, s, t});
+        s = t;
+      }
+    }
+    tile_begin.assign(1, 0);
+    for (const auto& segs : per_tile) {
+      for (const auto& seg : segs)
+        for (int64_t v : seg) list.push_back(static_cast<int32_t>(v));
+      tile_begin.push_back(static_cast<int32_t>(list.size() / 3));
+    }
+  };
+  std::vector<int32_t> query_begin, query_list, key_begin, key_list;
+  segments(groups.pair_i, nullptr, query_begin, query_list);
+  segments(groups.pair_j, key_order.data(), key_begin, key_list);
+
+  std::vector<int32_t> packed;
+  KernelPlanLayout& L = groups.layout;
+  L.pairs = P;
+  L.groups = G;
+  L.tiles = tiles;
+  auto append = [&](auto begin, auto end) {
+    const int64_t at = static_cast<int64_t>(packed.size());
+    for (auto it = begin; it != end; ++it) packed.push_back(static_cast<int32_t>(*it));
+    return at;
+  };
+  L.pair_i = append(groups.pair_i.begin(), groups.pair_i.end());
+  L.pair_j = append(groups.pair_j.begin(), groups.pair_j.end());
+  L.group_begin = append(groups.group_begin.begin(), groups.group_begin.end());
+  L.group_class = append(groups.group_class[0].begin(), groups.group_class[0].end());
+  append(groups.group_class[1].begin(), groups.group_class[1].end());
+  append(groups.group_class[2].begin(), groups.group_class[2].end());
+  L.key_order = append(key_order.begin(), key_order.end());
+  L.query_tile_begin = append(query_begin.begin(), query_begin.end());
+  L.query_segments = append(query_list.begin(), query_list.end());
+  L.key_tile_begin = append(key_begin.begin(), key_begin.end());
+  L.key_segments = append(key_list.begin(), key_list.end());
+  groups.kernel_plan = at::tensor(packed, at::TensorOptions().dtype(at::kInt)).to(device);
+}
+
 // The pair groups of the plan's index maps (reads them on the host; checks the class ranges).
 std::shared_ptr<const PairGroups> build_pair_groups(const AttentionInputs& in, const AttentionPlan& plan) {
   auto built = std::make_shared<PairGroups>();
@@ -157,6 +219,7 @@ std::shared_ptr<const PairGroups> build_pair_groups(const AttentionInputs& in, c
   };
   groups.pair_i_on_device = on_device(groups.pair_i);
   groups.pair_j_on_device = on_device(groups.pair_j);
+  build_kernel_plan(groups, N, in.key_index.device());
   return built;
 }
 

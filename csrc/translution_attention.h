@@ -35,11 +35,31 @@ struct AttentionInputs {
 // class, and no class appears in two groups: the backward owns each table row.  Depends only
 // on the index maps (and causal, the relative roles, the table sizes), so it is built once per
 // pair of index tensors and cached (see prepare_attention).
+// Query (and key) rows per tile of the CUDA kernels: their work lists are cut at tile edges.
+constexpr int64_t kPlanTileRows = 16;
+
+// Where each int32 array of PairGroups::kernel_plan starts (elements).  A segment is three
+// ints (group, begin, end): the pairs of one group in one tile, contiguous in pair order
+// (query tiles) or in key order (key tiles).
+struct KernelPlanLayout {
+  int64_t pairs, groups, tiles;       // P, G, ceil(N / kPlanTileRows)
+  int64_t pair_i, pair_j;             // [P]
+  int64_t group_begin;                // [G + 1]
+  int64_t group_class;                // [3 G]: role-major, -1 when the role is not relative
+  int64_t key_order;                  // [P]: pair numbers sorted by (group, j, i)
+  int64_t query_tile_begin, query_segments;  // [tiles + 1] (in segments), [3 S]
+  int64_t key_tile_begin, key_segments;      // [tiles + 1], [3 S']
+};
+
 struct PairGroups {
   std::vector<int64_t> pair_i, pair_j;  // sorted by (group, i, j)
   std::vector<int64_t> group_begin;     // size G + 1
   std::vector<int64_t> group_class[3];  // per role: the table row of the group (or -1)
   at::Tensor pair_i_on_device, pair_j_on_device;  // the pair lists on the index maps' device
+  // Everything the CUDA kernels read about the pairs, one int32 tensor on the maps' device
+  // (copied there once, when the groups are built): see KernelPlanLayout.
+  at::Tensor kernel_plan;
+  KernelPlanLayout layout;
   int64_t num_groups() const { return static_cast<int64_t>(group_begin.size()) - 1; }
 };
 

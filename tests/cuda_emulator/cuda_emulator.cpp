@@ -12,6 +12,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <memory>
+#include <mutex>
+#include <new>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -242,14 +245,26 @@ thread_local std::unordered_set<const void*> launch_shared_variables;
 thread_local size_t launch_shared_bytes = 0;
 constexpr size_t kStaticSharedLimit = 48 * 1024;
 
+// The running launch's dynamic shared memory: a heap block of exactly its size, so that the
+// sanitizer build reports any access past its end.
+struct AlignedDelete {
+  void operator()(unsigned char* p) const { ::operator delete[](p, std::align_val_t{128}); }
+};
+thread_local std::unique_ptr<unsigned char, AlignedDelete> dynamic_shared;
+thread_local size_t dynamic_shared_bytes = 0;
+std::mutex max_dynamic_mutex;
+std::unordered_map<const void*, size_t> max_dynamic_shared;  // kernel -> opted-in bytes
+constexpr size_t kDefaultDynamicLimit = 48 * 1024;
+
 void poison(const void* address, size_t bytes) { std::memset(const_cast<void*>(address), 0xFF, bytes); }
 
 // Fills shared memory with 0xFF bytes: NaN for half, bfloat16, float and double.
 void poison_shared_memory() {
   for (const auto& [address, bytes] : shared_variables) poison(address, bytes);
+  if (dynamic_shared_bytes) poison(dynamic_shared.get(), dynamic_shared_bytes);
 }
 
-void check_launch(const LaunchSite& site, dim3 grid, dim3 block, size_t smem) {
+void check_launch(const LaunchSite& site, const void* kernel, dim3 grid, dim3 block, size_t smem) {
   const auto where = [&] { return describe(site); };
   TORCH_CHECK(grid.x > 0 && grid.y > 0 && grid.z > 0, "cuda_emulator: ", where(), ": zero-size grid (", grid.x, ", ",
               grid.y, ", ", grid.z, ") (cudaErrorInvalidConfiguration)");
@@ -260,8 +275,15 @@ void check_launch(const LaunchSite& site, dim3 grid, dim3 block, size_t smem) {
               ") exceeds 1024 threads (or the per-dimension limits 1024, 1024, 64)");
   TORCH_CHECK(grid.x <= 2147483647u && grid.y <= 65535 && grid.z <= 65535, "cuda_emulator: ", where(), ": grid (",
               grid.x, ", ", grid.y, ", ", grid.z, ") exceeds the limits (2^31 - 1, 65535, 65535)");
-  TORCH_CHECK(smem == 0, "cuda_emulator: ", where(), ": dynamic shared memory (", smem,
-              " bytes) is not supported by the emulator; use static __shared__ arrays");
+  size_t limit = kDefaultDynamicLimit;
+  {
+    std::lock_guard<std::mutex> lock(max_dynamic_mutex);
+    const auto it = max_dynamic_shared.find(kernel);
+    if (it != max_dynamic_shared.end()) limit = std::max(limit, it->second);
+  }
+  TORCH_CHECK(smem <= limit, "cuda_emulator: ", where(), ": ", smem, " bytes of dynamic shared memory, over the ",
+              limit, " bytes allowed (over 48 KB needs cudaFuncSetAttribute(kernel, ",
+              "cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) first) (cudaErrorInvalidValue)");
 }
 
 Fiber* fiber_base = nullptr;
@@ -332,6 +354,22 @@ void ensure_fibers(size_t n) {
 
 }  // namespace
 
+void set_max_dynamic_shared(const void* kernel, int bytes) {
+  TORCH_CHECK(bytes >= 0 && size_t(bytes) <= kMaxSharedOptin, "cuda_emulator: cudaFuncSetAttribute: ",
+              "cudaFuncAttributeMaxDynamicSharedMemorySize must lie in [0, ", kMaxSharedOptin, "], got ", bytes,
+              " (cudaErrorInvalidValue)");
+  std::lock_guard<std::mutex> lock(max_dynamic_mutex);
+  max_dynamic_shared[kernel] = size_t(bytes);
+}
+
+void* dynamic_shared_memory(const char* name, const char* file, int line) {
+  TORCH_CHECK(running != nullptr, "cuda_emulator: extern __shared__ ", name, " used outside a kernel at ", file, ":",
+              line);
+  TORCH_CHECK(dynamic_shared_bytes > 0, "cuda_emulator: extern __shared__ ", name, " (", file, ":", line,
+              ") used by a kernel launched without dynamic shared memory");
+  return dynamic_shared.get();
+}
+
 void register_shared(const void* address, size_t bytes, const char* name, const char* file, int line) {
   Grid* g = running;
   TORCH_CHECK(g != nullptr, "cuda_emulator: __shared__ ", name, " declared outside a kernel at ", file, ":", line);
@@ -342,6 +380,9 @@ void register_shared(const void* address, size_t bytes, const char* name, const 
     TORCH_CHECK(launch_shared_bytes <= kStaticSharedLimit, "__shared__ ", name, " (", file, ":", line,
                 ") brings the kernel's static shared memory to ", launch_shared_bytes,
                 " bytes, over the 48 KB a block may use");
+    TORCH_CHECK(launch_shared_bytes + dynamic_shared_bytes <= kMaxSharedOptin, "__shared__ ", name, " (", file, ":",
+                line, ") brings the kernel's shared memory (static ", launch_shared_bytes, " + dynamic ",
+                dynamic_shared_bytes, " bytes) over the ", kMaxSharedOptin, " bytes a block may use");
   }
 }
 
@@ -367,10 +408,14 @@ void check_wmma_pointer(const void* p, unsigned ldm, size_t element_bytes, const
               16 / element_bytes, " elements (16 bytes), got ", ldm);
 }
 
-void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t dynamic_smem, void (*thread_body)(void*),
-              void* context) {
+void run_grid(const LaunchSite& site, const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem,
+              void (*thread_body)(void*), void* context) {
   TORCH_CHECK(running == nullptr, "cuda_emulator: ", describe(site), " launched from inside a kernel");
-  check_launch(site, grid, block, dynamic_smem);
+  check_launch(site, kernel, grid, block, dynamic_smem);
+  // 128-byte aligned like a GPU's shared memory window; exactly dynamic_smem bytes long.
+  dynamic_shared.reset(dynamic_smem ? static_cast<unsigned char*>(::operator new[](dynamic_smem, std::align_val_t{128}))
+                                    : nullptr);
+  dynamic_shared_bytes = dynamic_smem;
   launches.fetch_add(1);
   const Schedule schedule = current_schedule();
   const size_t threads = size_t(block.x) * block.y * block.z;

@@ -39,6 +39,9 @@ struct dim3 {
 using cudaStream_t = struct CUstream_st*;
 using cudaError_t = int;
 constexpr cudaError_t cudaSuccess = 0;
+// The attributes the kernels use, with the values of an sm_90 device (H100).
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97, cudaDevAttrMultiProcessorCount = 16 };
 #define CUDART_VERSION 13000
 
 // The built-in variables of the running fiber (set by the scheduler before each switch).
@@ -76,8 +79,19 @@ void syncthreads(const char* file, int line);
 
 // Runs `thread_body(context)` once per thread of every block; throws c10::Error (RuntimeError
 // in Python) naming the kernel, block and file:line on any launch or barrier error.
-void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t dynamic_smem, void (*thread_body)(void*),
-              void* context);
+void run_grid(const LaunchSite& site, const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem,
+              void (*thread_body)(void*), void* context);
+
+// The dynamic shared memory of the running block (`extern __shared__`, see rewrite_shared.py):
+// exactly the launch's bytes, poisoned like static shared memory before every block.
+void* dynamic_shared_memory(const char* name, const char* file, int line);
+
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes): as on a GPU,
+// a launch with more than 48 KB of dynamic shared memory needs it first.
+void set_max_dynamic_shared(const void* kernel, int bytes);
+
+// The largest shared memory a block may have (static + dynamic) once opted in: sm_90's 227 KB.
+constexpr size_t kMaxSharedOptin = 227 * 1024;
 
 // Counts launches (tests assert how many launches an op call makes).
 int64_t launch_count();
@@ -105,8 +119,25 @@ void launch_with(const LaunchSite& site, dim3 grid, dim3 block, size_t smem, Arg
     std::apply([](auto&... a) { kernel(a...); }, *static_cast<std::tuple<Args&...>*>(ctx));
   };
   std::tuple<Args&...> refs(args...);
-  run_grid(site, grid, block, smem, body, &refs);
+  run_grid(site, reinterpret_cast<const void*>(kernel), grid, block, smem, body, &refs);
 }
 
 }  // namespace cuda_emulator
+
+template <typename Kernel>
+cudaError_t cudaFuncSetAttribute(Kernel* kernel, cudaFuncAttribute attribute, int value) {
+  if (attribute == cudaFuncAttributeMaxDynamicSharedMemorySize)
+    ::cuda_emulator::set_max_dynamic_shared(reinterpret_cast<const void*>(kernel), value);
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int /*device*/) {
+  *value = attribute == cudaDevAttrMaxSharedMemoryPerBlockOptin ? int(::cuda_emulator::kMaxSharedOptin) : 132;
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
 
