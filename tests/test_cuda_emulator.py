@@ -62,6 +62,15 @@ def test_a_correct_kernel_passes_the_racecheck():
     assert torch.equal(out, torch.arange(64, dtype=torch.float32).roll(-1))
 
 
+def test_dynamic_shared_memory_past_48_kb_after_the_opt_in():
+    out = racecheck(lambda: selftest("dynamic_rotate"))[0]
+    assert torch.equal(out, torch.arange(64, dtype=torch.float32).roll(-1))
+
+
+def test_unwritten_dynamic_shared_memory_reads_as_nan():
+    assert selftest("dynamic_unwritten").isnan().all()
+
+
 def test_a_missing_barrier_is_caught():
     with pytest.raises(AssertionError, match="NaN under schedule|changes the result"):
         racecheck(lambda: selftest("missing_barrier"))
@@ -75,6 +84,8 @@ def test_a_missing_barrier_is_caught():
     ("grid_too_large", r"copy_kernel launched at .*selftest_kernels.cu:\d+: grid \(1, 70000, 1\) exceeds the limits"),
     ("block_too_large", r"block \(2048, 1, 1\) exceeds 1024 threads"),
     ("empty_grid", r"zero-size grid \(0, 1, 1\)"),
+    ("dynamic_without_opt_in", r"dynamic_unwritten_kernel .*65536 bytes of dynamic shared memory, over the 49152 "
+                               r"bytes allowed \(over 48 KB needs cudaFuncSetAttribute"),
 ])
 def test_broken_kernels_are_reported_with_kernel_block_and_line(name, match):
     with pytest.raises(RuntimeError, match=match):
@@ -178,18 +189,61 @@ def test_xvolution_deployed_kernel_is_race_free(emu, dtype, lengths, ka):
     torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("layout", ["2d_cls", "causal"])
-def test_fused_attention_cuda_registration_is_race_free(emu, layout):
-    ix = indexing.offset_index_2d_cls((3, 3)) if layout == "2d_cls" else indexing.offset_index_causal_1d(9)
-    n, r = ix.key.shape[0], ix.num_classes
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, n, 8, generator=g)
-    tables = [torch.randn(r, 8, 8, generator=g) * 0.3 for _ in range(3)]
-    out, lse = racecheck(lambda: emu.translution_attention(None, None, None, x, x, x, *tables, ix.key, ix.query, 2,
-                                                           0.5, layout == "causal"))
-    want, _ = torch.ops.translution_ext.translution_attention(None, None, None, x, x, x, *tables, ix.key, ix.query, 2,
-                                                              0.5, layout == "causal")
-    torch.testing.assert_close(out, want)
+def attention_case(layout, roles, B, H, C, width, value_width, dtype, seed=0):
+    """Arguments of translution_attention: roles[r] is "s" (shared), "r" (relative) or "b" (both, α-Translution:
+    half of the width each), for q, k, v."""
+    ix = {"2d_cls": lambda: indexing.offset_index_2d_cls((3, 4)), "2d": lambda: indexing.offset_index_2d((5, 4)),
+          "causal": lambda: indexing.offset_index_causal_1d(19), "1d": lambda: indexing.offset_index_1d(17)}[layout]()
+    n, R = ix.key.shape[0], ix.num_classes
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, n, C, generator=g)
+    shared, sources, tables = [None] * 3, [None] * 3, [None] * 3
+    for r, kind in enumerate(roles):
+        w = value_width if r == 2 else width
+        ds = {"s": w, "r": 0, "b": w // 2}[kind]
+        if ds:
+            shared[r] = torch.randn(B, n, H * ds, generator=g).to(dtype)
+        if w - ds:
+            sources[r] = x.to(dtype)
+            tables[r] = (torch.randn(R, C, H * (w - ds), generator=g) * C ** -0.5).to(dtype)
+    return [*shared, *sources, *tables], ix, layout == "causal"
+
+
+def attention_forward_backward(op, tensors, ix, H, causal, grad_out=None):
+    out, lse = op.translution_attention(*tensors, ix.key, ix.query, H, 0.4, causal)
+    grad_out = torch.randn_like(out, dtype=torch.float32).to(out.dtype) if grad_out is None else grad_out
+    grads = op.translution_attention_backward(grad_out, *tensors, ix.key, ix.query, out, lse, H, 0.4, causal)
+    return out, lse, grad_out, grads
+
+
+# Shapes crossing the kernels' tiles: C and widths past 64 columns / 32-deep slices, 5 batch items
+# (two batch tiles of 4), N past one 16-row tile, 2d_cls groups with more pairs than a chunk holds.
+@pytest.mark.parametrize("layout,roles,B,H,C,width,value_width,dtype", [
+    ("2d_cls", "rrr", 5, 2, 8, 4, 4, torch.float32),
+    ("causal", "rrr", 3, 2, 8, 4, 6, torch.float64),
+    ("2d", "bbb", 2, 1, 65, 66, 70, torch.float32),
+    ("1d", "srs", 5, 3, 33, 8, 8, torch.bfloat16),
+    ("2d_cls", "bsr", 6, 2, 16, 8, 8, torch.float16),
+    ("causal", "rsb", 2, 2, 12, 6, 10, torch.float32),
+])
+def test_fused_attention_kernels_are_race_free_and_match_the_reference(emu, layout, roles, B, H, C, width,
+                                                                       value_width, dtype):
+    tensors, ix, causal = attention_case(layout, roles, B, H, C, width, value_width, dtype)
+    grad_out = torch.randn(B, ix.key.shape[0], H * value_width).to(dtype)
+    def run():
+        out, lse, _, grads = attention_forward_backward(emu, tensors, ix, H, causal, grad_out)
+        return (out, lse, *grads)
+
+    out, lse, *grads = racecheck(run)
+    wide = [None if t is None else t.double() for t in tensors]
+    want, want_lse, _, want_grads = attention_forward_backward(torch.ops.translution_ext, wide, ix, H, causal,
+                                                               grad_out.double())
+    tol = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
+    torch.testing.assert_close(out.double(), want, atol=tol, rtol=tol)
+    torch.testing.assert_close(lse.double(), want_lse, atol=tol, rtol=tol)
+    for got, ref in zip(grads, want_grads):
+        scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
+        torch.testing.assert_close(got.double(), ref, atol=tol * scale, rtol=tol)
 
 
 # ---- launches, and host code as a GPU would run it --------------------------------------------
@@ -198,6 +252,34 @@ def launches(fn) -> int:
     before = torch.ops.cuda_emulator.launch_count()
     fn()
     return torch.ops.cuda_emulator.launch_count() - before
+
+
+def fused_attention_launches(emu, ix, dtype, causal):
+    """(forward, backward) launches of one call, the pair plan already cached."""
+    n, R, H = ix.key.shape[0], ix.num_classes, 3
+    x = torch.randn(1, n, 4).to(dtype)
+    tables = [(torch.randn(R, 4, H * 2) * 0.5).to(dtype) for _ in range(3)]
+    args = (None, None, None, x, x, x, *tables, ix.key, ix.query, H, 0.5, causal)
+    emu.translution_attention(*args)  # builds and caches the pair plan
+    result = {}
+    forward = launches(lambda: result.update(fwd=emu.translution_attention(*args)))
+    out, lse = result["fwd"]
+    backward = launches(lambda: emu.translution_attention_backward(torch.ones_like(out), *args[:9], ix.key, ix.query,
+                                                                      out, lse, H, 0.5, causal))
+    return forward, backward
+
+
+@pytest.mark.parametrize("geometry", ["vit_tiny", "causal_256"])
+def test_fused_attention_launch_counts(emu, geometry):
+    """One forward launch and three backward launches, whatever N and the number of offset classes:
+    ViT-tiny's 14x14 grid + class token (732 classes) and causal N = 256."""
+    ix = indexing.offset_index_2d_cls((14, 14)) if geometry == "vit_tiny" else indexing.offset_index_causal_1d(256)
+    assert fused_attention_launches(emu, ix, torch.float32, geometry == "causal_256") == (1, 3)
+
+
+def test_fused_attention_launch_counts_in_bfloat16(emu):
+    """fp16/bf16 accumulate gradients in fp32: one more backward launch casts them."""
+    assert fused_attention_launches(emu, indexing.offset_index_2d_cls((3, 3)), torch.bfloat16, False) == (1, 4)
 
 
 def test_launch_counts(emu):

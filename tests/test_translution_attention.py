@@ -1,6 +1,8 @@
 """The fused translution_attention op: reference equality, gradcheck, opcheck, edges, memory, errors."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from translution_ext import indexing
 from translution_ext.ops.translution_attention import translution_attention_reference
 from translution_ext.ops import translution_attention
 
-from conftest import DEVICES, requires_native
+from conftest import DEVICES, requires_emulator, requires_native
 
 pytestmark = requires_native
 HEADS, C, D = 2, 6, 8
@@ -114,11 +116,11 @@ def test_opcheck(layout, size, relative, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_deterministic(device):
-    # On CUDA the row sums are deterministic in PyTorch's deterministic mode, as for its own ops.
+    # Every output and gradient element has one writer, which adds its terms in a fixed order.
     x, kw = inputs("2d_cls", (4, 4), "qkv", dtype=torch.float32, device=device)
     grads = []
     previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(device == "cuda" or previous)
+    torch.use_deterministic_algorithms(True)
     try:
         for _ in range(2):
             x1, kw1 = differentiable(x, kw)
@@ -225,27 +227,37 @@ def test_table_without_source_or_x():
         translution_attention(**kw)
 
 
-def test_auto_avoids_the_fused_cuda_path_in_deterministic_mode(monkeypatch):
-    """The ATen-composed fused path on CUDA is not deterministic: under
-    torch.use_deterministic_algorithms(True) "auto" takes the projection kernels there."""
+@requires_emulator
+def test_auto_on_cuda_takes_fused_unless_the_heads_overflow_shared_memory(monkeypatch):
+    """The CUDA kernels are deterministic (one writer per element), so deterministic mode keeps them;
+    "auto" takes the projection kernels when the head widths need more shared memory per block
+    than the device has (the kernels' own sizes, from the emulation build of the CUDA sources)."""
+    from types import SimpleNamespace
+
     from translution_ext import _native
     from translution_ext.nn.functional import backend_unavailable_reason, resolve_backend
 
-    if not translution_ext.has_native():
-        pytest.skip("native library not loaded")
     monkeypatch.setattr(_native, "FUSED_DEVICE_TYPES", frozenset({"cpu", "cuda"}))
     monkeypatch.setattr(_native, "NATIVE_DEVICE_TYPES", frozenset({"cpu", "cuda"}))
     monkeypatch.setattr(_native, "CUDA_ARCH_REASON", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(shared_memory_per_block_optin=227 * 1024))  # H100
+    monkeypatch.setattr(torch.ops.translution_ext, "translution_attention_shared_memory",
+                        torch.ops.translution_ext_emu.translution_attention_shared_memory, raising=False)
+    cuda = torch.device("cuda")
     previous = torch.are_deterministic_algorithms_enabled()
     try:
         torch.use_deterministic_algorithms(True)
-        assert "not deterministic" in backend_unavailable_reason("fused", torch.device("cuda"), False)
-        assert resolve_backend("auto", torch.device("cuda")) == "native"
-        assert resolve_backend("auto", torch.device("cpu")) == "fused"  # deterministic on the CPU
-        torch.use_deterministic_algorithms(False)
-        assert resolve_backend("auto", torch.device("cuda")) == "fused"
+        assert resolve_backend("auto", cuda, widths=(torch.bfloat16, 64, 64)) == "fused"
     finally:
         torch.use_deterministic_algorithms(previous)
+    assert resolve_backend("auto", cuda, widths=(torch.float32, 128, 128)) == "fused"
+    reason = backend_unavailable_reason("fused", cuda, False, (torch.float32, 2048, 2048))
+    assert re.search(r"need \d+ bytes of shared memory per block for head widths 2048 \(q, k\) and 2048 \(v\) in "
+                     r"torch.float32, over this device's 232448", reason), reason
+    assert resolve_backend("auto", cuda, widths=(torch.float32, 2048, 2048)) == "native"
+    assert resolve_backend("auto", torch.device("cpu"), widths=(torch.float32, 2048, 2048)) == "fused"
 
 
 @pytest.mark.parametrize("device", DEVICES)

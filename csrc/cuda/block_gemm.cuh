@@ -77,7 +77,7 @@ struct FmaAccumulator {
   }
   __device__ void step(const operand_t* a, const operand_t* b) {
     const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-#pragma unroll 8
+#pragma unroll(sizeof(acc_t) == 8 ? 4 : 8)  // fewer live doubles: no spills in fp64
     for (int k = 0; k < kBK; ++k) {
       acc_t av[4], bv[4];
 #pragma unroll

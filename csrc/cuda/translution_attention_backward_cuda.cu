@@ -133,7 +133,7 @@ __device__ void zero_rows(acc_t* acc, int64_t N, int64_t width, int64_t b0, int6
 }
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) attention_backward_query_kernel(
+__global__ void __launch_bounds__(kThreads, 1) attention_backward_query_kernel(
     AttentionArgs<scalar_t> a, const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ out,
     const at::opmath_type<scalar_t>* __restrict__ lse, BackwardBuffers<at::opmath_type<scalar_t>> buf) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -230,7 +230,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_query_kernel(
 }
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) attention_backward_key_kernel(
+__global__ void __launch_bounds__(kThreads, 1) attention_backward_key_kernel(
     AttentionArgs<scalar_t> a, const scalar_t* __restrict__ grad_out, BackwardBuffers<at::opmath_type<scalar_t>> buf) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -294,7 +294,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_key_kernel(
 
 // Block (group, head): the group's table rows, head columns, over all its pairs x batch items.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) attention_backward_table_kernel(
+__global__ void __launch_bounds__(kThreads, 1) attention_backward_table_kernel(
     AttentionArgs<scalar_t> a, const scalar_t* __restrict__ grad_out, BackwardBuffers<at::opmath_type<scalar_t>> buf) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kLdC = TileTraits<scalar_t>::kLdC;
@@ -372,11 +372,35 @@ struct CastList {
 
 // Block row y casts accumulator y (grid-stride over its elements).
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) attention_backward_cast_kernel(CastList<scalar_t> list) {
+__global__ void __launch_bounds__(kThreads, 1) attention_backward_cast_kernel(CastList<scalar_t> list) {
   const int y = blockIdx.y;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; e < list.numel[y];
        e += static_cast<int64_t>(gridDim.x) * kThreads)
     list.to[y][e] = static_cast<scalar_t>(list.from[y][e]);
+}
+
+// grads[t] = acc[t] in the input dtype (one launch), when the two differ.  A template, so that
+// the cast kernel exists only for fp16/bf16.
+template <typename scalar_t>
+void cast_accumulators(const std::array<at::Tensor, 9>& acc, std::array<at::Tensor, 9>& grads, cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+    CastList<scalar_t> list{};
+    int count = 0;
+    int64_t largest = 0;
+    for (int t = 0; t < 9; ++t) {
+      if (!acc[t].defined() || acc[t].numel() == 0) continue;
+      list.from[count] = acc[t].data_ptr<acc_t>();
+      list.to[count] = grads[t].data_ptr<scalar_t>();
+      list.numel[count] = acc[t].numel();
+      largest = std::max(largest, acc[t].numel());
+      ++count;
+    }
+    if (count == 0) return;
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>((largest + kThreads - 1) / kThreads, 4096));
+    launch_kernel<attention_backward_cast_kernel<scalar_t>>(dim3(blocks, count), kThreads, 0, stream)(list);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 }  // namespace
@@ -394,7 +418,7 @@ void attention_backward_launch(const AttentionInputs& in, const AttentionPlan& p
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "translution_attention_backward_cuda",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    constexpr bool kCast = !std::is_same_v<scalar_t, acc_t>;
+    constexpr bool kCast = !std::is_same_v<scalar_t, acc_t>;  // fp16/bf16: accumulate in fp32, then cast
     const AttentionArgs<scalar_t> args = make_attention_args<scalar_t>(in, plan);
     const auto acc_opts = out.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
     // The accumulators: the gradients themselves when they are in the compute type.
@@ -434,24 +458,7 @@ void attention_backward_launch(const AttentionInputs& in, const AttentionPlan& p
                                   kThreads, bytes, stream)(args, grad_out_c.data_ptr<scalar_t>(), buf);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    if constexpr (kCast) {
-      CastList<scalar_t> list{};
-      int count = 0;
-      int64_t largest = 0;
-      for (int t = 0; t < 9; ++t) {
-        if (!acc[t].defined() || acc[t].numel() == 0) continue;
-        list.from[count] = acc[t].data_ptr<acc_t>();
-        list.to[count] = grads[t].data_ptr<scalar_t>();
-        list.numel[count] = acc[t].numel();
-        largest = std::max(largest, acc[t].numel());
-        ++count;
-      }
-      if (count > 0) {
-        const auto blocks = static_cast<unsigned>(std::min<int64_t>((largest + kThreads - 1) / kThreads, 4096));
-        launch_kernel<attention_backward_cast_kernel<scalar_t>>(dim3(blocks, count), kThreads, 0, stream)(list);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    }
+    cast_accumulators<scalar_t>(acc, grads, stream);
   });
 }
 

@@ -100,7 +100,21 @@ AttentionGrads attention_backward_cuda(
           or_none(grads[5]), or_none(grads[6]), or_none(grads[7]), or_none(grads[8])};
 }
 
+// Dynamic shared memory per block of the forward and backward kernels: the backend rule compares
+// it with the device's limit (translution_ext/nn/functional.py).
+std::vector<int64_t> attention_shared_memory(at::ScalarType dtype, int64_t width, int64_t value_width) {
+  TORCH_CHECK_VALUE(width >= 0 && value_width >= 0, "translution_attention_shared_memory: widths must be >= 0, got ",
+                    width, " and ", value_width);
+  return {cuda::attention_forward_smem_bytes(dtype, width, value_width),
+          cuda::attention_backward_smem_bytes(dtype, width, value_width)};
+}
+
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(translution_ext, m) {
+  m.def("translution_attention_shared_memory(ScalarType dtype, int width, int value_width) -> int[]",
+        &attention_shared_memory);
+}
 
 TORCH_LIBRARY_IMPL(translution_ext, TRANSLUTION_EXT_CUDA_KEY, m) {
   m.impl("translution_attention", &attention_forward_cuda);

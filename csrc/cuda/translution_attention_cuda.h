@@ -57,7 +57,7 @@ void allow_shared_memory(Kernel* kernel, int64_t bytes, const char* what) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   TORCH_CHECK_VALUE(bytes <= limit, "translution_attention: the CUDA kernel ", what, " needs ", bytes,
                     " bytes of shared memory per block for these head widths, over the device's ", limit,
-                    "; use narrower heads or backend='projection'");
+                    "; use narrower heads, or backend='native' in the Translution blocks");
   if (bytes > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }

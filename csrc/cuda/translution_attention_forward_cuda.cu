@@ -60,7 +60,7 @@ __device__ void query_chunk(const AttentionArgs<scalar_t>& a, ChunkRows& rows, i
 }
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     attention_forward_kernel(AttentionArgs<scalar_t> a, scalar_t* __restrict__ out,
                              at::opmath_type<scalar_t>* __restrict__ lse) {
   using acc_t = at::opmath_type<scalar_t>;

@@ -71,6 +71,27 @@ __global__ void misaligned_wmma_kernel(const float* x, float* out) {
 
 __global__ void copy_kernel(const float* x, float* out) { out[threadIdx.x] = x[threadIdx.x]; }
 
+// Correct with dynamic shared memory: a rotation through the end of a 64 KB block (which
+// needs the opt-in above 48 KB first).
+constexpr int kDynamicBytes = 64 * 1024;
+__global__ void dynamic_rotate_kernel(const float* x, float* out) {
+  extern __shared__ __align__(16) float dynamic[];
+  float* s = dynamic + kDynamicBytes / sizeof(float) - kN;
+  const int t = threadIdx.x;
+  s[t] = x[t];
+  __syncthreads();
+  out[t] = s[(t + 1) % kN];
+}
+
+// Reads dynamic shared memory that no thread wrote: NaN, as the emulator poisons it.
+__global__ void dynamic_unwritten_kernel(const float* x, float* out) {
+  extern __shared__ __align__(16) float dynamic[];
+  const int t = threadIdx.x;
+  dynamic[t] = x[t];
+  __syncthreads();
+  out[t] = dynamic[kN + t];
+}
+
 at::Tensor selftest(c10::string_view name, const at::Tensor& x_in) {
   TORCH_CHECK(x_in.numel() == kN && x_in.scalar_type() == at::kFloat, "selftest: x must be 64 float32 values");
   const at::Tensor x = x_in.contiguous();
@@ -94,6 +115,13 @@ at::Tensor selftest(c10::string_view name, const at::Tensor& x_in) {
     translution_ext::launch_kernel<copy_kernel>(dim3(1, 70000), kN, 0, stream)(xp, op);
   } else if (name == "block_too_large") {
     translution_ext::launch_kernel<copy_kernel>(1, 2048, 0, stream)(xp, op);
+  } else if (name == "dynamic_rotate") {
+    cudaFuncSetAttribute(dynamic_rotate_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kDynamicBytes);
+    translution_ext::launch_kernel<dynamic_rotate_kernel>(1, kN, kDynamicBytes, stream)(xp, op);
+  } else if (name == "dynamic_without_opt_in") {
+    translution_ext::launch_kernel<dynamic_unwritten_kernel>(1, kN, kDynamicBytes, stream)(xp, op);
+  } else if (name == "dynamic_unwritten") {
+    translution_ext::launch_kernel<dynamic_unwritten_kernel>(1, kN, 2 * kN * sizeof(float), stream)(xp, op);
   } else if (name == "empty_grid") {
     translution_ext::launch_kernel<copy_kernel>(0, kN, 0, stream)(xp, op);
   } else {

@@ -95,6 +95,10 @@ class AlphaTranslution(RelativeBlock):
         o1, o2 = o.unflatten(-1, (heads, -1)).split([self.dim_head, self.dim_relenc], dim=-1)
         return (1 - a) * o1.flatten(-2) + a * self.v_relenc_out(o2.flatten(-2))
 
+    def _fused_widths(self) -> Tuple[int, int]:
+        # Plain and relative branch side by side in one softmax (when both are present).
+        return self.dim_head + self.dim_relenc, self.dim_head + self.dim_relenc
+
     def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """x: (B, N, dim) -> (B, N, dim).  ``grid=(h, w)`` for a 2D input smaller than the built grid."""
         h, key_index, query_index, backend = self._prepare(x, grid)

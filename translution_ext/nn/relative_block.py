@@ -102,8 +102,15 @@ class RelativeBlock(nn.Module):
         else:  # the 1D maps of a shorter sequence are the leading block of the full maps
             key, query = self.key_index[:n, :n], self.query_index[:n, :n]
         dropout_active = self.training and self.dropout > 0
-        backend = resolve_backend(self.backend, x.device, dropout_active)
+        dtype = x.dtype
+        if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+            dtype = torch.get_autocast_dtype("cuda")
+        backend = resolve_backend(self.backend, x.device, dropout_active, (dtype, *self._fused_widths()))
         return self.norm(x), key, query, backend
+
+    def _fused_widths(self) -> Tuple[int, int]:
+        """The per-head widths (q and k, v) of the fused attention call (an upper bound)."""
+        return self.dim_head, self.dim_head
 
     def _output(self, o: torch.Tensor) -> torch.Tensor:
         if not self.project_out:
