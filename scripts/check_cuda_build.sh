@@ -47,12 +47,19 @@ lib = glob.glob(os.path.join(os.path.dirname(te.__file__), "_C*.so"))[0]
 symbols = subprocess.run(["nm", "-C", lib], capture_output=True, text=True, check=True).stdout
 for kernel in ("relproj_forward_kernel", "relproj_grad_x_kernel", "relproj_grad_weight_kernel",
                "pixel_shift_forward_kernel", "pixel_shift_backward_kernel", "acmix_forward_kernel",
-               "acmix_backward_centre_kernel", "acmix_backward_gather_kernel", "xvolution_deployed_kernel"):
+               "acmix_backward_centre_kernel", "acmix_backward_gather_kernel", "xvolution_deployed_kernel",
+               "attention_forward_kernel", "attention_backward_query_kernel", "attention_backward_key_kernel",
+               "attention_backward_table_kernel", "attention_backward_cast_kernel"):
     assert kernel in symbols, f"{kernel} missing from {lib}"
 sections = subprocess.run(["readelf", "-S", lib], capture_output=True, text=True, check=True).stdout
 assert ".nv_fatbin" in sections, "no device code in the library"
 print("check_cuda_build: CUDA kernels compiled for", info["cuda_archs"], "and registered for CUDA")
 PY
+# Static evidence for the fused attention kernels: no register spills, tensor-core (HMMA)
+# instructions in the fp16/bf16 kernels for sm_80 and sm_90 (fails otherwise); the table is
+# written to a scratch file here (the committed one is bench/results/translution_attention_cuda_kernels.txt).
+"$venv/bin/python" "$root/scripts/cuda_kernel_report.py" --nvcc "$real_nvcc" --archs 80 90 \
+  --out "$(mktemp -d)/translution_attention_cuda_kernels"
 # The library's tests with the CUDA build (the training, FSDP, demo and bench tests, which run
 # no kernel differently, already ran with the CPU build in scripts/test.sh).
 TRANSLUTION_EXT_REQUIRE_NATIVE=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests" \
