@@ -192,7 +192,7 @@ def test_xvolution_deployed_kernel_is_race_free(emu, dtype, lengths, ka):
 def attention_case(layout, roles, B, H, C, width, value_width, dtype, seed=0):
     """Arguments of translution_attention: roles[r] is "s" (shared), "r" (relative) or "b" (both, α-Translution:
     half of the width each), for q, k, v."""
-    ix = {"2d_cls": lambda: indexing.offset_index_2d_cls((3, 4)), "2d": lambda: indexing.offset_index_2d((5, 4)),
+    ix = {"2d_cls": lambda: indexing.offset_index_2d_cls((5, 5)), "2d": lambda: indexing.offset_index_2d((5, 4)),
           "causal": lambda: indexing.offset_index_causal_1d(19), "1d": lambda: indexing.offset_index_1d(17)}[layout]()
     n, R = ix.key.shape[0], ix.num_classes
     g = torch.Generator().manual_seed(seed)
@@ -217,7 +217,8 @@ def attention_forward_backward(op, tensors, ix, H, causal, grad_out=None):
 
 
 # Shapes crossing the kernels' tiles: C and widths past 64 columns / 32-deep slices, 5 batch items
-# (two batch tiles of 4), N past one 16-row tile, 2d_cls groups with more pairs than a chunk holds.
+# (two batch tiles of 4), N past one 16-row tile, 2d_cls groups whose class-token row (or column)
+# has more pairs (25) than a chunk holds (16 with 4 batch items).
 @pytest.mark.parametrize("layout,roles,B,H,C,width,value_width,dtype", [
     ("2d_cls", "rrr", 5, 2, 8, 4, 4, torch.float32),
     ("causal", "rrr", 3, 2, 8, 4, 6, torch.float64),

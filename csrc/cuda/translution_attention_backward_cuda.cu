@@ -420,6 +420,7 @@ void attention_backward_launch(const AttentionInputs& in, const AttentionPlan& p
     using acc_t = at::opmath_type<scalar_t>;
     constexpr bool kCast = !std::is_same_v<scalar_t, acc_t>;  // fp16/bf16: accumulate in fp32, then cast
     const AttentionArgs<scalar_t> args = make_attention_args<scalar_t>(in, plan);
+    check_grid_limits(plan);
     const auto acc_opts = out.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
     // The accumulators: the gradients themselves when they are in the compute type.
     std::array<at::Tensor, 9> acc;

@@ -48,6 +48,13 @@ AttentionArgs<scalar_t> make_attention_args(const AttentionInputs& in, const Att
   return a;
 }
 
+// The grids: (query or key tiles, batch tiles of kBatchTile, heads) and (pair groups, heads).
+inline void check_grid_limits(const AttentionPlan& plan) {
+  TORCH_CHECK_VALUE((plan.B + kBatchTile - 1) / kBatchTile <= 65535 && plan.H <= 65535,
+                    "translution_attention: the CUDA kernels take batches up to ", 65535 * kBatchTile,
+                    " and up to 65535 heads, got B = ", plan.B, " and heads = ", plan.H);
+}
+
 // Lets `kernel` use `bytes` of dynamic shared memory, or refuses (ValueError) when the device
 // has less per block.
 template <typename Kernel>

@@ -160,6 +160,7 @@ void attention_forward_launch(const AttentionInputs& in, const AttentionPlan& pl
                               at::Tensor& lse) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "translution_attention_cuda", [&] {
     const AttentionArgs<scalar_t> args = make_attention_args<scalar_t>(in, plan);
+    check_grid_limits(plan);
     const int64_t bytes = attention_forward_smem_bytes(out.scalar_type(), args.width(), args.value_width());
     constexpr auto kernel = attention_forward_kernel<scalar_t>;
     allow_shared_memory(kernel, bytes, "translution_attention");
