@@ -109,3 +109,14 @@ def test_old_attribute_paths_resolve_lazily():
     assert caught == [] or any(issubclass(w.category, DeprecationWarning) for w in caught)
     with pytest.raises(AttributeError, match="has no attribute 'no_such_module'"):
         translution_ext.no_such_module  # noqa: B018
+
+
+def test_spec_references_import_nothing_from_the_package():
+    # The op tests' references must stay independent: a bug copied from the package would pass them.
+    for name in ("spec_reference.py", "translution_reference.py"):
+        with open(os.path.join(os.path.dirname(__file__), name)) as f:
+            tree = ast.parse(f.read())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not any(m.split(".")[0] == "translution_ext" for m in imported), (name, imported)
+        assert imported <= {"__future__", "math", "typing", "torch", "torch.nn.functional", "translution_reference"}

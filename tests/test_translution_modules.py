@@ -302,3 +302,23 @@ def test_cuda_block_matches_cpu(alpha):
     torch.testing.assert_close(xc.grad.cpu(), x.grad, atol=1e-4, rtol=1e-4)
     for (name, p), pc in zip(block.named_parameters(), cuda_block.parameters()):
         torch.testing.assert_close(pc.grad.cpu(), p.grad, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.2, 0.75, 1.0])
+@pytest.mark.parametrize("relative", ["qkv", "qk", "kv", "v"])
+@pytest.mark.parametrize("layout,size", [("causal", 5), ("2d_cls", (2, 2))])
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_alpha_blocks_match_the_spec_at_every_alpha(backend, layout, size, relative, weight):
+    # α weighs the two score terms and the two outputs: (1 − α, α); the spec's reference is α = 0.5.
+    if backend == "fused" and not translution_ext.has_native():
+        pytest.skip("native library not loaded")
+    torch.manual_seed(1)
+    block = build(True, layout, size, relative, backend, alpha=weight).double()
+    randomize_(block, 1)
+    x = torch.randn(2, num_tokens(layout, size, None), DIM, dtype=torch.float64)
+    block.alpha = 0.5  # the export names the weights; it accepts only the reference code's α
+    sd = compat.export_official_attention(block)
+    block.alpha = weight
+    expected = spec.alpha_translution(sd, x, layout=layout, size=size,
+                                      heads=HEADS, dim_head=DIM_HEAD, relative=relative, weight=weight)
+    torch.testing.assert_close(block(x), expected, **TOL[torch.float64])
