@@ -142,14 +142,16 @@ def test_alpha_weights_the_relative_branch():
 
 def test_smaller_input_uses_the_same_rows():
     torch.manual_seed(0)
-    block = build(False, "2d_cls", (3, 3), "qkv")
-    x = torch.randn(1, 1 + 2 * 3, DIM)
-    small = build(False, "2d_cls", (3, 3), "qkv")
-    small.load_state_dict(block.state_dict())
-    # A 2x3 grid inside the 3x3 one: the same offsets pick the same rows.
+    block = build(False, "2d_cls", (3, 3), "qkv").double()
+    randomize_(block)
+    x = torch.randn(1, 1 + 2 * 3, DIM, dtype=torch.float64)
+    # A 2x3 grid inside the 3x3 one: the same offsets pick the same rows ...
     _, k, q = spec.spec_rows("2d_cls", (3, 3), (2, 3))
     assert torch.equal(k, block.layout.index((2, 3)).key) and torch.equal(q, block.layout.index((2, 3)).query)
-    assert block(x, grid=(2, 3)).shape == x.shape
+    # ... and the output is the spec's on the 3x3 tables with the 2x3 positions.
+    expected = spec.reference_forward(compat.export_official_attention(block), x, alpha=False, layout="2d_cls",
+                                      size=(3, 3), heads=HEADS, dim_head=DIM_HEAD, relative="qkv", actual=(2, 3))
+    torch.testing.assert_close(block(x, grid=(2, 3)), expected, **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("layout,size,n,grid,match", [
