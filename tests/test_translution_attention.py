@@ -333,6 +333,8 @@ TILE_SHAPES = [  # (layout, size, heads, C, d)
     ("1d", 17, 2, 65, 32),
     ("2d_cls", (4, 4), 1, 64, 65),
     ("1d", 9, 1, 97, 66),
+    ("1d", 63, 1, 8, 8),  # token counts one below and above 64-row and 64-key tiles
+    ("2d", (5, 13), 2, 5, 4),
     ("causal", 130, 2, 3, 2),  # more than one 128-row block whatever the thread count
 ]
 
