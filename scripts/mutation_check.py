@@ -9,8 +9,8 @@ Exit status 1 if any mutant survives, 2 if the unmutated copy already fails its 
 Needs the extension built in the checkout (python setup.py build_ext --inplace): the Python mutants run
 against a copy of that library.  The C++ mutants build the extension once in the copy (MAX_JOBS, default
 2) and then one translation unit per mutant; the CUDA mutants build the emulation library once
-(tests/cuda_emulator, needs cmake and ninja) and then one kernel per mutant.  About 25 minutes on 2 cores,
-most of it the two first builds.  scripts/mutation_check_cuda.py adds the CUDA barrier mutants.
+(tests/cuda_emulator, needs cmake and ninja) and then one kernel per mutant.  About 50 minutes on 2 busy
+cores, most of it the first builds; --kinds python alone takes about 5.  scripts/mutation_check_cuda.py adds the CUDA barrier mutants.
 """
 from __future__ import annotations
 
