@@ -99,16 +99,33 @@ def test_errors():
 
 
 @pytest.mark.parametrize("stride,in_planes", [(1, 64), (2, 32)])
-def test_bottleneck_shapes_and_training_step(stride, in_planes):
+def test_bottleneck_values_and_training_step(stride, in_planes):
+    # The ResNet bottleneck written out: 1x1 conv, BN, ReLU, ACmix (stride), BN, ReLU, 1x1 conv, BN,
+    # plus the shortcut (projected when the stride or width changes), ReLU.  BN in eval mode with
+    # non-trivial statistics, so that every stage changes the values.
     from translution_ext.nn import ACmixBottleneck
 
     torch.manual_seed(0)
-    block = ACmixBottleneck(in_planes, 16, stride=stride, head=4)
-    x = torch.randn(2, in_planes, 10, 10)
-    y = block(x)
-    assert y.shape == (2, 64, 10 // stride, 10 // stride)
-    y.square().mean().backward()
-    assert all(p.grad is not None for p in block.parameters())
+    block = ACmixBottleneck(in_planes, 16, stride=stride, head=4).double()
+    with torch.no_grad():
+        for module in block.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.3, 0.3)
+    block.eval()
+    x = torch.randn(2, in_planes, 10, 10, dtype=torch.float64)
+    y = F.relu(block.bn1(F.conv2d(x, block.conv1.weight)))
+    y = F.relu(block.bn2(block.acmix(y)))
+    y = block.bn3(F.conv2d(y, block.conv3.weight))
+    shortcut = block.shortcut[1](F.conv2d(x, block.shortcut[0].weight, stride=stride)) if stride == 2 else x
+    expected = F.relu(y + shortcut)
+    assert expected.shape == (2, 64, 10 // stride, 10 // stride)
+    torch.testing.assert_close(block(x), expected, atol=1e-12, rtol=1e-10)
+    block.train()
+    block(x).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())
 
 
 def spec_swin_acmix(block, x, shift):
@@ -154,10 +171,16 @@ def test_swin_form_matches_spec(shift):
     x = torch.randn(2, 8, 8, 12, dtype=torch.float64)
     mask = shifted_window_mask(8, 8, 4, shift).double() if shift else None
     torch.testing.assert_close(block(x, mask), spec_swin_acmix(block, x, shift), atol=1e-10, rtol=1e-9)
-    # The reference's state dict names load unchanged.
-    other = ACmixWindowAttention(12, 4, 3).double()
-    other.load_state_dict(block.state_dict())
-    assert "relative_position_index" in block.state_dict()
+    # The state dict has the names and shapes of the reference's Swin module, and its index buffer
+    # holds the Swin formula (row offset + M − 1)·(2M − 1) + (column offset + M − 1).
+    assert {k: tuple(v.shape) for k, v in block.state_dict().items()} == {
+        "qkv.weight": (36, 12), "qkv.bias": (36,), "proj.weight": (12, 12), "proj.bias": (12,),
+        "relative_position_bias_table": (49, 3), "relative_position_index": (16, 16), "fc.weight": (9, 9, 1, 1),
+        "fc.bias": (9,), "dep_conv.weight": (12, 9, 3, 3), "rate1": (1,), "rate2": (1,)}
+    m = 4
+    expected_index = torch.tensor([[(i // m - j // m + m - 1) * (2 * m - 1) + (i % m - j % m + m - 1)
+                                    for j in range(m * m)] for i in range(m * m)])
+    assert torch.equal(block.relative_position_index.long(), expected_index)
 
 
 def test_swin_form_errors():

@@ -114,3 +114,44 @@ def test_op_errors(change, match):
     change(args)
     with pytest.raises(ValueError, match=match):
         acmix_window_attention(**args)
+
+
+# ---- The op against the spec's attention path written per output pixel and window position
+# (tests/spec_reference.py: its own reflection rule, window order and position term).
+SPEC_CASES = [  # (heads, hd, H, W, window, stride)
+    (2, 3, 5, 6, 3, 1),
+    (1, 4, 7, 5, 5, 2),
+    (2, 2, 4, 4, 7, 1),  # the window reflects across the whole image
+    (3, 2, 6, 7, 3, 3),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)  # without the native library: the op's Python fallback
+@pytest.mark.parametrize("heads,hd,h,w,window,stride", SPEC_CASES)
+def test_op_matches_the_spec_loops(device, heads, hd, h, w, window, stride):
+    import spec_reference as spec
+
+    q, k, v, pe = op_inputs(b=2, heads=heads, hd=hd, h=h, w=w, seed=5)
+    pe = pe * 3  # a large position term, so that its sign and centre matter
+    expected_in = [t.clone().requires_grad_() for t in (q, k, v, pe)]
+    ours_in = [t.to(device).requires_grad_() for t in (q, k, v, pe)]
+    expected = spec.acmix_window_attention(*expected_in, heads, window, stride)
+    out = acmix_window_attention(*ours_in, heads, window, stride)
+    torch.testing.assert_close(out.cpu(), expected, atol=1e-12, rtol=1e-10)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    out.backward(grad.to(device))
+    expected.backward(grad)
+    for name, a, b in zip("qkv", ours_in, expected_in):
+        torch.testing.assert_close(a.grad.cpu(), b.grad, atol=1e-12, rtol=1e-10, msg=name)
+    torch.testing.assert_close(ours_in[3].grad.cpu(), expected_in[3].grad, atol=1e-12, rtol=1e-10, msg="pe")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_more_pixels_than_one_thread_block_match_the_spec_loops(device):
+    # 2 * 2 * 9 * 8 = 288 (batch*head, pixel) threads: more than one 256-thread block of the CUDA kernels.
+    import spec_reference as spec
+
+    q, k, v, pe = op_inputs(b=2, heads=2, hd=2, h=9, w=8, seed=6)
+    expected = spec.acmix_window_attention(q, k, v, pe, 2, 3, 1)
+    torch.testing.assert_close(acmix_window_attention(*(t.to(device) for t in (q, k, v, pe)), 2, 3, 1).cpu(),
+                               expected, atol=1e-12, rtol=1e-10)

@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+import translution_ext
+
 from translution_ext.__main__ import main
 from translution_ext.profiler import cases, cli
 from translution_ext.profiler.baselines import reference_translution
@@ -12,11 +14,44 @@ from translution_ext.profiler.baselines import reference_translution
 TINY = dict(batch=2, dim=8, heads=2, repeat=1)
 
 
+# The kernel each implementation's timed step must run (the native ops where the library is loaded).
+NATIVE = translution_ext.has_native()
+MEASURED_OP = {
+    ("relproj", "ours"): "translution_ext::relative_offset_projection_grad_weight" if NATIVE else "aten::einsum",
+    ("translution", "ours"): "translution_ext::translution_attention_backward" if NATIVE else "aten::einsum",
+    ("acmix", "ours"): "translution_ext::acmix_window_attention_backward" if NATIVE else "aten::im2col",
+    ("xvolution", "ours"): "translution_ext::xvolution_deployed" if NATIVE else "aten::convolution",
+    ("xvolution", "training"): "translution_ext::pixel_shift_products" if NATIVE else "aten::convolution",
+    ("relproj", "reference"): "aten::einsum", ("translution", "reference"): "aten::einsum",
+    ("acmix", "reference"): "aten::im2col",
+    **{(op, "gemm"): "aten::mm" for op in ("relproj", "translution", "acmix")},
+    **{(op, "sdpa"): "aten::scaled_dot_product_attention" for op in ("relproj", "translution", "acmix")},
+    **{("xvolution", impl): "aten::convolution" for impl in ("same_macs_conv", "wide_conv", "conv")},
+}
+
+
 @pytest.mark.parametrize("op,impl", [(op, impl) for op, (_, impls) in cases.OPS.items() for impl in impls])
-def test_every_implementation_measures(op, impl):
+def test_every_implementation_measures_its_op(op, impl, monkeypatch):
+    """The timed step runs the implementation's op, and the reported numbers are the timer's:
+    seconds = time x scale, gflops = FLOPs / seconds (the clock replaced by a fixed 0.25 s)."""
+    ran = []
+
+    def fake_timed(fn, device, repeat):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
+        ran.extend(e.name for e in prof.events())
+        return 0.25
+
+    monkeypatch.setattr(cli, "timed", fake_timed)
     length = 6 if op in ("acmix", "xvolution") else 5
-    r = cli.measure(cases.Setting(op=op, impl=impl, length=length, window=3, **TINY))
-    assert r["seconds"] > 0 and r["gflops"] > 0 and r["tokens"] == (36 if op in ("acmix", "xvolution") else 5)
+    setting = cases.Setting(op=op, impl=impl, length=length, window=3, **TINY)
+    r = cli.measure(setting)
+    assert MEASURED_OP[op, impl] in ran
+    work = cases.OPS[op][0](setting)
+    assert r["seconds"] == pytest.approx(0.25 * work.scale)
+    assert r["gflops"] == pytest.approx(work.flops / r["seconds"] / 1e9)
+    assert r["tokens"] == (36 if op in ("acmix", "xvolution") else 5) and r["impl"] == impl and r["op"] == op
+    assert isinstance(r["peak_mb"], float)
 
 
 @pytest.mark.parametrize("layout,length,tokens", [("1d", 7, 7), ("causal", 7, 7), ("2d_cls", 3, 10)])
@@ -71,7 +106,10 @@ def test_cli_table_json_and_plot(tmp_path, capsys):
     assert result["meta"]["op"] == "translution" and "2·B·N²·C·D" in result["meta"]["flops"]
     got = {(r["length"], r["impl"]) for r in result["results"] if "seconds" in r}
     assert got == {(n, i) for n in (4, 6) for i in ("ours", "reference", "gemm", "sdpa")}
-    assert all(r["peak_mb"] >= 0 for r in result["results"])
+    for r in result["results"]:  # the JSON's schema: every measured row has its numbers
+        assert {"op", "impl", "length", "tokens", "seconds", "gflops", "peak_mb"} <= set(r), r
+        assert all(isinstance(r[k], float) for k in ("seconds", "gflops", "peak_mb"))
+        assert r["op"] == "translution" and r["tokens"] == r["length"]
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -124,7 +124,7 @@ def test_demo_end_to_end_on_mnist_files(tmp_path, capsys):
         assert 0.0 <= r["acc_static"] <= 1.0 and 0.0 <= r["acc_dynamic"] <= 1.0 and r["params"] > 0
     deployment = result["xvolution_deployment"]
     assert deployment["equal"] and deployment["relative_diff"] < 1e-5
-    assert deployment["deployed_latency_ms"] > 0
+    assert isinstance(deployment["deployed_latency_ms"], float)  # a timing: its schema, not its value
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -170,7 +170,8 @@ def test_demo_argument_errors(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main(["demo", "--device", "cuda", "--out", str(tmp_path)]) == 2
         error = capsys.readouterr().err
-        assert "--device cuda: " in error and ("CPU-only build" in error or "no CUDA device" in error)
+        reason = "is a CPU-only build" if torch.version.cuda is None else "no CUDA device is available"
+        assert "--device cuda: " in error and reason in error
     (tmp_path / "file").write_text("")
     assert main(["demo", "--out", str(tmp_path / "file" / "out")]) == 2
     assert "cannot create the folder" in capsys.readouterr().err

@@ -34,16 +34,37 @@ def run_probe(env_extra=None, cwd=None, pythonpath=None):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_build_info_reports_what_was_compiled():
+BUILD_INFO_TYPES = {"native": bool, "load_error": (str, type(None)), "library": (str, type(None)), "torch_runtime": str,
+                    "cuda_available": bool, "native_device_types": list, "fused_device_types": list}
+NATIVE_BUILD_INFO_TYPES = {"torch_version": str, "cpu": bool, "cuda": bool, "cuda_version": (str, type(None)),
+                           "cuda_archs": str}
+
+
+def test_build_info_is_json_with_the_documented_keys_and_types():
+    info = json.loads(json.dumps(translution_ext.build_info()))  # plain JSON, as `info` prints it
+    expected = {**BUILD_INFO_TYPES, **(NATIVE_BUILD_INFO_TYPES if info["native"] else {})}
+    assert set(info) == set(expected)
+    for key, kind in expected.items():
+        assert isinstance(info[key], kind), (key, info[key])
+    assert (info["load_error"] is None) == info["native"] and (info["library"] is not None) == info["native"]
+
+
+def test_build_info_device_types_are_the_registered_kernels():
+    # What build_info claims against the dispatcher: a device type is listed exactly when the op has a
+    # kernel registered for its dispatch key, and the library was built against this torch release.
     info = translution_ext.build_info()
-    assert info["native"] == translution_ext.has_native()
-    assert info["torch_runtime"] == torch.__version__
-    if info["native"]:
-        assert info["cpu"] is True
-        assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
-        assert "cpu" in info["native_device_types"]
-        if info["cuda"]:
-            assert info["cuda_archs"]
+    if not info["native"]:
+        assert info["native_device_types"] == [] and info["fused_device_types"] == []
+        return
+    assert os.path.isfile(info["library"])
+    assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
+    for key, op in (("native_device_types", "relative_offset_projection"),
+                    ("fused_device_types", "translution_attention")):
+        registered = [d for d, k in (("cpu", "CPU"), ("cuda", "CUDA"))
+                      if torch._C._dispatch_has_kernel_for_dispatch_key(f"translution_ext::{op}", k)]
+        assert sorted(info[key]) == registered, (key, registered)
+    assert info["cuda"] == ("cuda" in info["native_device_types"])
+    assert bool(info["cuda_archs"]) == info["cuda"]
 
 
 def test_disabled_native_falls_back_with_one_warning():
@@ -92,7 +113,12 @@ def test_info_command_reports_backends():
     assert "Translution / AlphaTranslution backends on cpu" in out and "reference  can run" in out
     cuda = subprocess.run([sys.executable, "-m", "translution_ext", "info", "--device", "cuda"], capture_output=True,
                           text=True, check=True).stdout
-    assert ("fused      can run" in cuda) or ("fused      cannot run: " in cuda)
+    # Either outcome passes only where it is the right one: fused runs on a GPU the CUDA build supports.
+    from translution_ext import _native
+
+    runs = (torch.cuda.is_available() and "cuda" in translution_ext.build_info()["fused_device_types"]
+            and _native.CUDA_ARCH_REASON is None)
+    assert ("fused      can run" if runs else "fused      cannot run: ") in cuda
     dropout = subprocess.run([sys.executable, "-m", "translution_ext", "info", "--device", "cpu", "--dropout", "0.1"],
                              capture_output=True, text=True, check=True).stdout
     assert "training with attention dropout 0.1" in dropout

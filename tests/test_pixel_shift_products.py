@@ -78,3 +78,46 @@ def test_pixel_shift_backward_checks_grad_out(device):
         backward(x, x, flat)
     with pytest.raises(TypeError, match=r"grad_out must have the dtype of x \(Float\), got Double"):
         backward(torch.zeros(2, 24, 4, 5, dtype=torch.float64, device=device), x, flat)
+
+
+# ---- T(X) against the spec's S_δ written pixel by pixel (tests/spec_reference.py).
+
+def test_shift_offsets_are_the_spec_neighbour_set():
+    import spec_reference as spec
+
+    for lengths in [(1,), (1, 2), (3,)]:
+        assert sorted(shift_offsets(lengths)) == sorted(spec.neighbour_shifts(lengths))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shifts,shape", [
+    (shift_offsets((1,)), (2, 3, 5, 4)),
+    ([(0, 2), (-1, 0), (3, -2), (1, 1)], (1, 2, 4, 6)),  # asymmetric shifts: a sign or axis swap shows
+    (shift_offsets((1, 2)), (1, 2, 6, 7)),
+])
+def test_pixel_shift_products_match_the_spec(device, shifts, shape):
+    import spec_reference as spec
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    xs = x.clone().requires_grad_()
+    expected = spec.pixel_shift_products(xs, shifts)
+    xd = x.to(device).requires_grad_()
+    out = pixel_shift_products(xd, shifts)
+    torch.testing.assert_close(out.cpu(), expected, atol=1e-12, rtol=1e-12)
+    grad = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+    out.backward(grad.to(device))
+    expected.backward(grad)
+    torch.testing.assert_close(xd.grad.cpu(), xs.grad, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("count", [63, 64, 65, 129])
+def test_shift_lists_across_the_launch_chunks_match_the_spec(device, count):
+    # The CUDA kernels take kShiftsPerLaunch = 64 shifts per launch (csrc/cuda/shift_chunks.cuh).
+    import spec_reference as spec
+
+    shifts = [((s % 7) - 3, (s * 5 % 9) - 4) for s in range(count)]
+    x = torch.randn(1, 2, 5, 6, generator=torch.Generator().manual_seed(count), dtype=torch.float64)
+    torch.testing.assert_close(pixel_shift_products(x.to(device), shifts).cpu(), spec.pixel_shift_products(x, shifts),
+                               atol=1e-12, rtol=1e-12)

@@ -291,3 +291,46 @@ def test_autocast_runs_in_autocast_dtype(device):
     ref_out, _, _, _ = exact(x, w, index, "key")
     same = relative_offset_projection_gathered(x.bfloat16(), w.detach().bfloat16(), index, "key")
     assert_close_to_reference(out.detach(), ref_out, same)
+
+
+# ---- The op against the spec's explicit per-row gather (tests/spec_reference.py), on shapes across
+# every tile edge: the CPU kernel's 256-row tiles (B · pairs of one class), the CUDA kernels' kBM = 64
+# row and column tiles and kBK = 32 reduction slices (csrc/cuda/block_gemm.cuh).
+SPEC_TILE_CASES = [  # (B, N, C, D): the 1D central class has B·N pairs
+    (1, 255, 3, 2),
+    (1, 256, 2, 3),
+    (1, 257, 3, 2),
+    (3, 100, 4, 5),   # 300 rows: one full CPU tile and a partial one; grad_x blocks of 256 // 3 runs
+    (2, 40, 31, 63),  # 80 rows: two kBM tiles; one kBK slice short of full
+    (2, 33, 33, 65),  # two kBK slices, two kBN columns
+    (1, 65, 64, 64),  # exactly the tiles
+    (2, 20, 65, 31),  # three kBK slices / two kBM tiles of C in grad_weight
+]
+# The 255-257 token cases are about the CPU tiles: the emulated CUDA kernels (far slower) run the rest.
+SPEC_TILE_PARAMS = [
+    pytest.param(*case, getattr(device, "values", [device])[0], marks=getattr(device, "marks", ()),
+                 id="-".join(map(str, (*case, getattr(device, "id", None) or getattr(device, "values", [device])[0]))))
+    for case in SPEC_TILE_CASES for device in DEVICES if case[1] < 255 or getattr(device, "id", None) != "emu"]
+
+
+@pytest.mark.parametrize("side", ["key", "query"])
+@pytest.mark.parametrize("b,n,c,d,device", SPEC_TILE_PARAMS)
+def test_matches_the_spec_gather_across_tile_edges(device, side, b, n, c, d):
+    import spec_reference as spec
+    import translution_reference as maps
+
+    g = torch.Generator().manual_seed(n + c)
+    rows, key_index, query_index = maps.spec_rows("1d", n)
+    index = key_index if side == "key" else query_index
+    x = torch.randn(b, n, c, generator=g, dtype=torch.float64)
+    w = torch.randn(rows, c, d, generator=g, dtype=torch.float64) * c ** -0.5
+    xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+    expected = spec.relative_offset_projection(xs, ws, index, side)
+    xo, wo = x.to(device).requires_grad_(), w.to(device).requires_grad_()
+    out = relative_offset_projection(xo, wo, index.to(device), side)
+    torch.testing.assert_close(out.cpu(), expected, atol=1e-12, rtol=1e-10)
+    cot = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+    out.backward(cot.to(device))
+    expected.backward(cot)
+    torch.testing.assert_close(xo.grad.cpu(), xs.grad, atol=1e-11, rtol=1e-10, msg="grad x")
+    torch.testing.assert_close(wo.grad.cpu(), ws.grad, atol=1e-11, rtol=1e-10, msg="grad weight")

@@ -272,3 +272,88 @@ def test_pair_groups_are_built_once_per_index_map_version(device):
     kw["key_index"][1, 1] = kw["k_table"].shape[0] + 5
     with pytest.raises(ValueError, match="key_index"):
         translution_attention(x, **kw)
+
+
+# ---- The op against the spec written as loops (tests/spec_reference.py), with the spec's index maps.
+# Role codes per q, k, v: "r" relative only (Translution), "s" shared only, "b" both (α-Translution:
+# per head [shared | relative], the relative part from its own source).
+ROLE_CODES = ["rrr", "rrs", "rsr", "srr", "rss", "srs", "ssr", "bbb", "bsb", "sbs", "brr", "rbs"]
+SPEC_LAYOUTS = [("1d", 6, None), ("1d", 7, 4), ("causal", 7, None), ("2d", (2, 3), None), ("2d", (3, 3), (2, 3)),
+                ("2d_cls", (2, 2), None)]
+
+
+def spec_inputs(layout, size, actual, codes, *, heads=2, c=5, d=4, dtype=torch.float64, seed=0, batch=2):
+    """Op keyword arguments with the spec's index maps; per head q and k are d wide ("b": 1 shared + d − 1
+    relative), v is d + 1 wide ("b": 2 shared + d − 1 relative)."""
+    import translution_reference as maps
+
+    g = torch.Generator().manual_seed(seed)
+    rows, key_index, query_index = maps.spec_rows(layout, size, actual)
+    n = key_index.shape[0]
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
+    kw = dict(key_index=key_index, query_index=query_index, heads=heads, causal=layout == "causal")
+    for role, code in zip("qkv", codes):
+        width = d + (role == "v")
+        shared_w = {"s": width, "r": 0, "b": 1 + (role == "v")}[code]
+        if shared_w:
+            kw[role] = r(batch, n, heads * shared_w)
+        if code != "s":
+            kw[f"{role}_source"] = r(batch, n, c)
+            kw[f"{role}_table"] = r(rows, c, heads * (width - shared_w)) * c ** -0.5
+    return kw
+
+
+def _leaves(kw, device="cpu"):
+    return {k: (v.detach().clone().to(device).requires_grad_() if torch.is_tensor(v) and v.is_floating_point()
+                else v.to(device) if torch.is_tensor(v) else v) for k, v in kw.items()}
+
+
+def assert_op_matches_spec(kw, device, atol=1e-11, rtol=1e-9, scale=None):
+    """Output and every input gradient of the op (on ``device``) against the spec loops (float64, CPU)."""
+    import spec_reference as spec
+
+    ours, ref = _leaves(kw, device), _leaves(kw)
+    out = translution_attention(**ours, scale=scale)
+    expected = spec.translution_attention(**ref, scale=scale)
+    torch.testing.assert_close(out.cpu(), expected, atol=atol, rtol=rtol)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1), dtype=expected.dtype)
+    out.backward(grad.to(out))
+    expected.backward(grad)
+    for name, value in ours.items():
+        if torch.is_tensor(value) and value.requires_grad:
+            torch.testing.assert_close(value.grad.cpu(), ref[name].grad, atol=atol, rtol=rtol, msg=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("codes", ROLE_CODES)
+@pytest.mark.parametrize("layout,size,actual", SPEC_LAYOUTS)
+def test_matches_the_spec_loops(layout, size, actual, codes, device):
+    assert_op_matches_spec(spec_inputs(layout, size, actual, codes), device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale", [0.37, 1.3])
+def test_explicit_scale_matches_the_spec_loops(scale, device):
+    assert_op_matches_spec(spec_inputs("2d_cls", (2, 2), None, "bbb"), device, scale=scale)
+
+
+# Widths one below and above the GEMM tiles of the kernels (kBK = 32 reduction slices, kBM = kBN = 64
+# tiles in csrc/cuda/block_gemm.cuh), and token counts past one block of query rows (16 to 128 rows).
+TILE_SHAPES = [  # (layout, size, heads, C, d)
+    ("1d", 33, 1, 31, 33),
+    ("causal", 34, 1, 33, 63),
+    ("1d", 17, 2, 65, 32),
+    ("2d_cls", (4, 4), 1, 64, 65),
+    ("1d", 9, 1, 97, 66),
+    ("1d", 63, 1, 8, 8),  # token counts one below and above 64-row and 64-key tiles
+    ("2d", (5, 13), 2, 5, 4),
+    ("causal", 130, 2, 3, 2),  # more than one 128-row block whatever the thread count
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("codes", ["rrr", "bsb"])
+@pytest.mark.parametrize("layout,size,heads,c,d", TILE_SHAPES)
+def test_shapes_across_the_tile_edges_match_the_spec_loops(layout, size, heads, c, d, codes, device):
+    kw = spec_inputs(layout, size, None, codes, heads=heads, c=c, d=d, batch=1)
+    assert_op_matches_spec(kw, device, atol=1e-10, rtol=1e-8)

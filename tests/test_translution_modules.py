@@ -142,14 +142,16 @@ def test_alpha_weights_the_relative_branch():
 
 def test_smaller_input_uses_the_same_rows():
     torch.manual_seed(0)
-    block = build(False, "2d_cls", (3, 3), "qkv")
-    x = torch.randn(1, 1 + 2 * 3, DIM)
-    small = build(False, "2d_cls", (3, 3), "qkv")
-    small.load_state_dict(block.state_dict())
-    # A 2x3 grid inside the 3x3 one: the same offsets pick the same rows.
+    block = build(False, "2d_cls", (3, 3), "qkv").double()
+    randomize_(block)
+    x = torch.randn(1, 1 + 2 * 3, DIM, dtype=torch.float64)
+    # A 2x3 grid inside the 3x3 one: the same offsets pick the same rows ...
     _, k, q = spec.spec_rows("2d_cls", (3, 3), (2, 3))
     assert torch.equal(k, block.layout.index((2, 3)).key) and torch.equal(q, block.layout.index((2, 3)).query)
-    assert block(x, grid=(2, 3)).shape == x.shape
+    # ... and the output is the spec's on the 3x3 tables with the 2x3 positions.
+    expected = spec.reference_forward(compat.export_official_attention(block), x, alpha=False, layout="2d_cls",
+                                      size=(3, 3), heads=HEADS, dim_head=DIM_HEAD, relative="qkv", actual=(2, 3))
+    torch.testing.assert_close(block(x, grid=(2, 3)), expected, **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("layout,size,n,grid,match", [
@@ -227,17 +229,53 @@ def test_dropout_only_in_training(alpha):
     assert not torch.allclose(block(x), block(x))
 
 
+def autocast_pair(alpha, seed=0):
+    """A block and an input for the autocast tests, with non-trivial LayerNorm and bias values, q, k
+    weights 3x their initial size (scores of a few units, so that the softmax scale matters: at
+    initialisation the weights are near uniform and a 20% wrong scale moves the output by 0.2%) and
+    the relative v tables 2x (so that α-Translution's small relative output weighs in)."""
+    torch.manual_seed(seed)
+    block = build(alpha, "2d_cls", (2, 3), "qkv")
+    randomize_(block, seed)
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            if name.split(".")[0] in ("q_table", "k_table", "qkv_proj", "q_relenc", "k_relenc"):
+                p.mul_(3)
+            if name == "v_table":
+                p.mul_(2)
+    return block, torch.randn(2, 7, DIM)
+
+
+def spec_forward(block, x, alpha):
+    return spec.reference_forward(compat.export_official_attention(block), x, alpha=alpha, layout="2d_cls",
+                                  size=(2, 3), heads=HEADS, dim_head=DIM_HEAD, relative="qkv")
+
+
 @pytest.mark.parametrize("alpha", [False, True], ids=["translution", "alpha"])
 def test_autocast_bfloat16(alpha):
-    torch.manual_seed(0)
-    block = build(alpha, "2d_cls", (2, 3), "qkv")
-    x = torch.randn(2, 7, DIM, requires_grad=True)
+    """Output and input gradient under bf16 autocast within 2x the error of the spec reference run
+    under the same autocast (the project's low-precision rule), both against float64."""
+    from conftest import assert_close_to_reference
+
+    block, x = autocast_pair(alpha)
+    exact_block = build(alpha, "2d_cls", (2, 3), "qkv").double()
+    exact_block.load_state_dict(block.state_dict())
+    x64 = x.double().requires_grad_()
+    exact = exact_block(x64)
+    (exact_grad,) = torch.autograd.grad(exact.sum(), x64)
+    x_ref = x.clone().requires_grad_()
+    x_ours = x.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = block(x)
+        y = block(x_ours)
+        y_ref = spec_forward(block, x_ref, alpha)
     assert y.dtype == torch.bfloat16
-    torch.testing.assert_close(y.float(), block(x), atol=0.05, rtol=0.05)
+    assert_close_to_reference(y, exact.detach(), y_ref)
+    (ref_grad,) = torch.autograd.grad(y_ref.float().sum(), x_ref)
     y.float().sum().backward()
-    assert x.grad is not None and all(p.grad is not None for p in block.parameters())
+    # x and its gradient are float32 (autocast casts only inside); both gradients rounded to bf16 so
+    # that the bf16 rule applies.
+    assert_close_to_reference(x_ours.grad.to(torch.bfloat16), exact_grad, ref_grad.to(torch.bfloat16))
+    assert all(p.grad is not None for p in block.parameters())
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
@@ -302,3 +340,23 @@ def test_cuda_block_matches_cpu(alpha):
     torch.testing.assert_close(xc.grad.cpu(), x.grad, atol=1e-4, rtol=1e-4)
     for (name, p), pc in zip(block.named_parameters(), cuda_block.parameters()):
         torch.testing.assert_close(pc.grad.cpu(), p.grad, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.2, 0.75, 1.0])
+@pytest.mark.parametrize("relative", ["qkv", "qk", "kv", "v"])
+@pytest.mark.parametrize("layout,size", [("causal", 5), ("2d_cls", (2, 2))])
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_alpha_blocks_match_the_spec_at_every_alpha(backend, layout, size, relative, weight):
+    # α weighs the two score terms and the two outputs: (1 − α, α); the spec's reference is α = 0.5.
+    if backend == "fused" and not translution_ext.has_native():
+        pytest.skip("native library not loaded")
+    torch.manual_seed(1)
+    block = build(True, layout, size, relative, backend, alpha=weight).double()
+    randomize_(block, 1)
+    x = torch.randn(2, num_tokens(layout, size, None), DIM, dtype=torch.float64)
+    block.alpha = 0.5  # the export names the weights; it accepts only the reference code's α
+    sd = compat.export_official_attention(block)
+    block.alpha = weight
+    expected = spec.alpha_translution(sd, x, layout=layout, size=size,
+                                      heads=HEADS, dim_head=DIM_HEAD, relative=relative, weight=weight)
+    torch.testing.assert_close(block(x), expected, **TOL[torch.float64])

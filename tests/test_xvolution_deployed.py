@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from translution_ext.ops import xvolution_deployed
-from translution_ext.ops.pixel_shift_products import pixel_shift_products_reference, shift_offsets
+from translution_ext.ops.pixel_shift_products import shift_offsets
 from translution_ext.ops.xvolution_deployed import xvolution_deployed_reference
 
 from conftest import DEVICES, FLOAT_DTYPES, assert_close_to_reference, requires_native
@@ -26,8 +26,11 @@ def folded_weight(co, ci, k, ka, lengths, dtype=torch.float64, device="cpu", see
 
 
 def one_conv(x, w, b, shifts, stride):
-    """The deployed form as the spec writes it: one K x K conv over concat(X, T(X))."""
-    t = pixel_shift_products_reference(x, shifts)
+    """The deployed form as the spec writes it: one K x K conv over concat(X, T(X)), T(X) from the
+    spec's S_δ pixel by pixel (tests/spec_reference.py), not from the package."""
+    import spec_reference as spec
+
+    t = spec.pixel_shift_products(x, shifts)
     return F.conv2d(torch.cat([x, t], dim=1), w, b, stride, w.shape[-1] // 2)
 
 
@@ -38,6 +41,10 @@ CASES = [  # (B, Ci, Co, H, W, K, Ka, stride, shift lengths)
     (1, 3, 2, 6, 5, 1, 1, 1, (1,)),
     (3, 1, 6, 4, 4, 5, 5, 2, (1,)),
     (1, 5, 4, 13, 3, 3, 1, 3, (1, 2)),
+    # Across the CUDA kernel's tiles (block_gemm.cuh): Co past kBM = 64, pixels past kBN = 64, and
+    # S·C·Ka² = 360 and 96 reduction rows (several kBK = 32 slices).
+    (1, 5, 65, 9, 9, 3, 3, 1, (1,)),
+    (2, 3, 63, 8, 9, 3, 1, 1, (1, 2)),
 ]
 
 

@@ -158,3 +158,30 @@ def test_sa_variant_matches_literal_attention(stride, heads, hw):
         XVolutionSA(3, 8, heads=3)
     with pytest.raises(ValueError, match=r"x must have shape \(B, 3, H, W\)"):
         m(torch.randn(1, 4, 5, 5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 5, 8, 28])  # 8 and 28 have the identity branch
+def test_training_form_matches_the_spec(seed):
+    # Y = BNc(Conv_K(X)) + BNa(Conv_Ka(T(X))) (+ 1x1 and identity branches), T(X) and the convolutions
+    # from the spec's definitions (tests/spec_reference.py), BN in eval mode with non-trivial statistics.
+    import spec_reference as spec
+
+    cfg, (b, h, w) = random_config(seed)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = XVolution(**cfg).double()
+    randomize_bn_(model, g)
+    model.eval()
+    x = torch.randn(b, cfg["in_channels"], h, w, generator=g, dtype=torch.float64)
+    k, ka, s = cfg["kernel_size"], cfg["pssa_kernel_size"], cfg["stride"]
+    shifts = spec.neighbour_shifts(cfg["shift_lengths"])
+    # The module's channel order of T(X) is its own shift list; the set must be the spec's.
+    assert sorted(model.shifts) == sorted(shifts)
+    expected = (model.bn_conv(spec.conv2d(x, model.conv.weight, None, s, k // 2))
+                + model.bn_pssa(spec.conv2d(spec.pixel_shift_products(x, model.shifts), model.pssa_conv.weight,
+                                            None, s, ka // 2)))
+    if cfg["extra_branches"]:
+        expected = expected + model.bn_1x1(spec.conv2d(x, model.conv_1x1.weight, None, s, 0))
+        if model.bn_identity is not None:
+            expected = expected + model.bn_identity(x)
+    torch.testing.assert_close(model(x), expected, atol=1e-10, rtol=1e-10)

@@ -105,8 +105,9 @@ def translution(sd: Dict[str, torch.Tensor], x, *, layout, size, heads, dim_head
     return _out(sd, o)
 
 
-def alpha_translution(sd, x, *, layout, size, heads, dim_head, relative, actual=None):
-    """Spec §4 (with the reference's fixed 1/2 factors) on a reference LoR-Translution state dict."""
+def alpha_translution(sd, x, *, layout, size, heads, dim_head, relative, actual=None, weight=0.5):
+    """Spec §4 on a reference LoR-Translution state dict.  ``weight`` is the α of the relative branch:
+    the reference's fixed 1/2 factors at 0.5, (1 − α, α) otherwise (the spec's "exposing α")."""
     R, K, Q = spec_rows(layout, size, actual)
     n = x.shape[1]
     h = F.layer_norm(x, x.shape[-1:], sd["norm.weight"], sd["norm.bias"])
@@ -116,14 +117,14 @@ def alpha_translution(sd, x, *, layout, size, heads, dim_head, relative, actual=
         q2, k2 = (F.linear(h, sd[f"to_{r}1.weight"]) for r in ("q", "k"))
         q2 = _pairs(q2, "q", sd["to_q2.unique_params"], K, Q) if "q" in relative else _broadcast(q2, "q", n)
         k2 = _pairs(k2, "k", sd["to_k2.unique_params"], K, Q) if "k" in relative else _broadcast(k2, "k", n)
-        dots = (dots + (_heads(q2, heads) * _heads(k2, heads)).sum(-1)) / 2
+        dots = (1 - weight) * dots + weight * (_heads(q2, heads) * _heads(k2, heads)).sum(-1)
     attn = _softmax_scores(dots.permute(0, 3, 1, 2) * dim_head ** -0.5, layout == "causal")
     a = attn.permute(0, 2, 3, 1)[..., None]  # (B, N, N, H, 1)
     o = (a * _heads(v1, heads)).sum(2).flatten(-2)
     if "v" in relative:
         v2 = _pairs(F.linear(h, sd["to_v1.weight"]), "v", sd["to_v2.unique_params"], K, Q)
         o2 = (a * _heads(v2, heads)).sum(2).flatten(-2)
-        o = (o + F.linear(o2, sd["to_v3.weight"])) / 2
+        o = (1 - weight) * o + weight * F.linear(o2, sd["to_v3.weight"])
     return _out(sd, o)
 
 
