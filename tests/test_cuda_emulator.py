@@ -134,9 +134,11 @@ def test_relative_offset_projection_kernels_are_race_free(emu, dtype, side, B, N
     x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
     ref = relative_offset_projection_gathered(x64, w64, index, side)
     ref.backward(cot.double())
-    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]
-    for got, want in ((out, ref), (gx, x64.grad), (gw, w64.grad)):
-        torch.testing.assert_close(got.double(), want.detach(), rtol=tol, atol=tol * max(1.0, want.abs().max().item()))
+    cpu = torch.ops.translution_ext  # the same-dtype reference of the low-precision rule: the CPU kernels
+    same = (cpu.relative_offset_projection(x, w, index, side), cpu.relative_offset_projection_grad_x(cot, w, index, side),
+            cpu.relative_offset_projection_grad_weight(cot, x, index, side, w.shape[0]))
+    for got, want, same_dtype in zip((out, gx, gw), (ref, x64.grad, w64.grad), same):
+        assert_close_to_reference(got, want.detach(), same_dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -150,8 +152,8 @@ def test_acmix_kernels_are_race_free(emu, dtype, window, stride):
     racecheck(lambda: (*emu.acmix_window_attention(q, k, v, pe, 2, window, stride, 3 ** -0.5),
                        *emu.acmix_window_attention_backward(go, q, k, v, pe, attn, 2, window, stride, 3 ** -0.5)))
     ref = acmix_window_attention_reference(q.double(), k.double(), v.double(), pe[None].double(), 2, window, stride)
-    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
-    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+    same, _ = torch.ops.translution_ext.acmix_window_attention(q, k, v, pe, 2, window, stride, 3 ** -0.5)
+    assert_close_to_reference(out, ref, same)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -162,7 +164,11 @@ def test_pixel_shift_kernels_are_race_free(emu, dtype, lengths):
     flat = [v for s in shift_offsets(lengths) for v in s]
     go = torch.randn(2, len(flat) // 2 * 3, 7, 5, generator=g).to(dtype)
     out, gx = racecheck(lambda: (emu.pixel_shift_products(x, flat), emu.pixel_shift_products_backward(go, x, flat)))
-    torch.testing.assert_close(out, pixel_shift_products_reference(x, shift_offsets(lengths)))
+    x64 = x.double().requires_grad_()
+    exact = pixel_shift_products_reference(x64, shift_offsets(lengths))
+    exact.backward(go.double())
+    assert_close_to_reference(out, exact.detach(), torch.ops.translution_ext.pixel_shift_products(x, flat))
+    assert_close_to_reference(gx, x64.grad, torch.ops.translution_ext.pixel_shift_products_backward(go, x, flat))
 
 
 def xvolution_deployed_case(lengths, ci, co, k, ka, dtype=torch.float32):
@@ -185,8 +191,7 @@ def xvolution_deployed_case(lengths, ci, co, k, ka, dtype=torch.float32):
 def test_xvolution_deployed_kernel_is_race_free(emu, dtype, lengths, ka):
     x, w, b, flat, ref = xvolution_deployed_case(lengths, 3, 70, 3, ka, dtype)  # Co = 70: two Co tiles
     (out,) = racecheck(lambda: emu.xvolution_deployed(x, w, b, flat, 2, ka))
-    tol = 1e-5 if dtype == torch.float32 else 3e-2 * ref.abs().max().item()
-    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+    assert_close_to_reference(out, ref, torch.ops.translution_ext.xvolution_deployed(x, w, b, flat, 2, ka))
 
 
 def attention_case(layout, roles, B, H, C, width, value_width, dtype, seed=0):
