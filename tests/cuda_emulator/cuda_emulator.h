@@ -5,7 +5,9 @@
 // emulator (the build step rewrite_shared.py rewrites each declaration); the emulator fills it
 // with 0xFF bytes (NaN for every floating-point type) before each block, so a read of shared
 // memory that no thread of the block wrote shows up as NaN, and checks the kernel's total
-// against the 48 KB of static shared memory a block may use.  `__syncthreads()` is a
+// against the 48 KB of static shared memory a block may use.  `extern __shared__` (dynamic
+// shared memory) is a heap block of exactly the launch's bytes, poisoned the same way; more
+// than 48 KB needs cudaFuncSetAttribute first, as on a GPU, and static + dynamic <= 227 KB.  `__syncthreads()` is a
 // checked barrier: threads waiting at different barriers, or threads that returned while
 // others wait, are errors that name the kernel, the block and the barrier's file:line.
 // The order in which threads (and blocks) run between barriers is a schedule: forward,
