@@ -1,6 +1,6 @@
 // Shifted-window products of the CPU ACmix kernel (acmix_window_shifts.h).  The inner loops
 // run over kLanes consecutive output pixels with kLanes accumulators, which the compiler
-// turns into vector instructions.  On x86-64 each product is also compiled for AVX2 and
+// turns into vector instructions.  On x86-64 each product is also compiled for x86-64-v3 (AVX2, FMA) and
 // picked at load time (the baseline x86-64 target has 4-lane SSE2 only); the bodies have
 // internal linkage, so each compiled copy stays with its own entry point.
 #include "acmix_window_shifts.h"
@@ -11,7 +11,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
-#define TRANSLUTION_EXT_ISA_CLONES __attribute__((target_clones("avx2", "default")))
+#define TRANSLUTION_EXT_ISA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
 #endif
 #ifndef TRANSLUTION_EXT_ISA_CLONES
@@ -20,6 +20,8 @@
 
 // The vector types below never cross a call boundary (always inlined), so the ABI note is moot.
 #pragma GCC diagnostic ignored "-Wpsabi"
+// Multiply-adds as FMA where the target has it (the default C++ mode keeps them apart).
+#pragma GCC optimize("fp-contract=fast")
 
 namespace translution_ext {
 
@@ -113,19 +115,20 @@ inline __attribute__((always_inline)) void dot_body(const ShiftLayout& l, const 
 template <typename T>
 inline __attribute__((always_inline)) void sum_body(const ShiftLayout& l, const T* w, const T* y, T* out) {
   // kRuns channels at a time share the run of w[u]; the sum is over the window positions u.
-  const auto offsets = [&](int64_t yo, int64_t x0) __attribute__((always_inline)) {
-    return [&l, yo, x0](int64_t u) __attribute__((always_inline)) {
-      const int64_t du = u / l.ka, dv = u % l.ka;
-      return std::pair<int64_t, int64_t>{u * l.Ho_row() + yo * l.row + l.margin + x0,
-                                         ((yo * l.s + du) * l.s + dv % l.s) * l.cols + dv / l.s + x0};
-    };
-  };
-  for (int64_t yo = 0; yo < l.Ho; ++yo)
-    for (int64_t x0 = 0; x0 < l.Wo; x0 += kLanes)
+  std::vector<int64_t> key_at(l.U);  // where window position u starts on the key side (row 0)
+  for (int64_t u = 0; u < l.U; ++u) key_at[u] = (u / l.ka * l.s + u % l.ka % l.s) * l.cols + u % l.ka / l.s;
+  for (int64_t yo = 0; yo < l.Ho; ++yo) {
+    for (int64_t x0 = 0; x0 < l.Wo; x0 += kLanes) {
+      const int64_t w_at = yo * l.row + l.margin + x0, y_at = yo * l.s * l.s * l.cols + x0;
+      const auto offsets = [&](int64_t u) __attribute__((always_inline)) {
+        return std::pair<int64_t, int64_t>{u * l.Ho_row() + w_at, key_at[u] + y_at};
+      };
       channel_blocks<T>(l.hd, [&]<int J>(int64_t d) __attribute__((always_inline)) {
-        shared_runs<J>(l.U, offsets(yo, x0), w, y + d * l.key_plane(), l.key_plane(),
-                       out + d * l.Ho_row() + yo * l.row + l.margin + x0, l.Ho_row());
+        shared_runs<J>(l.U, offsets, w, y + d * l.key_plane(), l.key_plane(), out + d * l.Ho_row() + w_at,
+                       l.Ho_row());
       });
+    }
+  }
 }
 
 template <typename T>
