@@ -67,15 +67,18 @@ struct KeyPlan {
 template <typename scalar_t, typename T>
 void to_key_side(const ShiftLayout& l, const KeyPlan& plan, const scalar_t* src, const scalar_t* sub, int64_t H,
                  int64_t W, T* dst) {
+  std::vector<T> row(W);  // one source row in T, then copied run by run
   for (int64_t d = 0; d < l.hd; ++d)
     for (int64_t r = 0; r < l.Hp; ++r) {
       const int64_t from = (d * H + plan.row_src[r]) * W;
+      if (sub)
+        for (int64_t x = 0; x < W; ++x) row[x] = T(src[from + x]) - T(sub[from + x]);
+      else
+        for (int64_t x = 0; x < W; ++x) row[x] = T(src[from + x]);
       T* to = dst + d * l.key_plane() + r * l.s * l.cols;
       for (int64_t ph = 0; ph < l.s; ++ph)  // columns no window reads, past each phase's last
         std::fill(to + ph * l.cols + plan.phase_cols[ph], to + (ph + 1) * l.cols, T(0));
-      for (const auto& run : plan.runs)
-        for (int64_t i = 0; i < run.n; ++i)
-          to[run.dst + i] = sub ? T(src[from + run.src + i]) - T(sub[from + run.src + i]) : T(src[from + run.src + i]);
+      for (const auto& run : plan.runs) std::copy(row.data() + run.src, row.data() + run.src + run.n, to + run.dst);
     }
 }
 
@@ -106,9 +109,10 @@ void softmax_u(const ShiftLayout& l, T* a, double scale) {
     }
     for (int64_t u = 0; u < l.U; ++u) {
       T* e = base + u * l.Ho_row();
-      for (int64_t x = 0; x < l.Wo; ++x) total[x] += (e[x] = std::exp(e[x] - mx[x]));
-    }
-    for (int64_t x = 0; x < l.Wo; ++x) total[x] = T(1) / total[x];
+      for (int64_t x = 0; x < l.Wo; ++x) e[x] -= mx[x];
+      exp_runs(e, (l.Wo + kLanes - 1) / kLanes * kLanes);  // the run's tail is never read
+      for (int64_t x = 0; x < l.Wo; ++x) total[x] += e[x];
+    }    for (int64_t x = 0; x < l.Wo; ++x) total[x] = T(1) / total[x];
     for (int64_t u = 0; u < l.U; ++u) {
       T* e = base + u * l.Ho_row();
       for (int64_t x = 0; x < l.Wo; ++x) e[x] *= total[x];

@@ -5,6 +5,7 @@
 // internal linkage, so each compiled copy stays with its own entry point.
 #include "acmix_window_shifts.h"
 
+#include <cmath>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -158,7 +159,41 @@ inline __attribute__((always_inline)) void scatter_body(const ShiftLayout& l, co
   }
 }
 
+// exp by range reduction, x = k·ln2 + r with |r| <= ln2/2, and a degree-6 polynomial for e^r
+// (Cephes expf); 2^k goes straight into the exponent bits.
+inline __attribute__((always_inline)) lanes_t<float> exp_lanes(lanes_t<float> x) {
+  typedef int32_t ilanes_t __attribute__((vector_size(kLanes * sizeof(int32_t))));
+  const lanes_t<float> zero = {}, top = zero + 88.3762626647949f, bottom = zero - 87.3365447505531f;
+  x = x > top ? top : x;
+  x = x < bottom ? bottom : x;  // below it e^x is under the smallest normal float
+  const lanes_t<float> t = x * 1.44269504088896341f + 0.5f;
+  ilanes_t ki = __builtin_convertvector(t, ilanes_t);  // rounds toward zero ...
+  ki += __builtin_convertvector(ki, lanes_t<float>) > t ? ilanes_t{} - 1 : ilanes_t{};  // ... so floor
+  const lanes_t<float> k = __builtin_convertvector(ki, lanes_t<float>);
+  const lanes_t<float> r = x - k * 0.693359375f + k * 2.12194440e-4f;
+  lanes_t<float> p = zero + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  ilanes_t bits;
+  std::memcpy(&bits, &p, sizeof bits);
+  bits += ki << 23;
+  std::memcpy(&p, &bits, sizeof p);
+  return p;
+}
+
 }  // namespace
+
+TRANSLUTION_EXT_ISA_CLONES void exp_runs(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; i += kLanes) store(x + i, exp_lanes(load(x + i)));
+}
+
+void exp_runs(double* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+}
 
 #define TRANSLUTION_EXT_SHIFTS(T)                                                                                 \
   TRANSLUTION_EXT_ISA_CLONES void shift_dot_##T(const ShiftLayout& l, const T* x, const T* y, T* out) {          \

@@ -37,4 +37,9 @@ void shift_sum(const ShiftLayout& l, const T* w, const T* y, T* out);
 template <typename T>
 void shift_scatter(const ShiftLayout& l, const T* w, const T* x, T* out);
 
+// x = exp(x) for n values, n a multiple of kLanes: float by a vectorised polynomial (within
+// 2 ulp of std::exp), double by std::exp.
+void exp_runs(float* x, int64_t n);
+void exp_runs(double* x, int64_t n);
+
 }  // namespace translution_ext
