@@ -10,7 +10,8 @@
 #include <utility>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+// GCC on x86-64 Linux (ifunc resolvers); other compilers build the portable copy only.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
 #define TRANSLUTION_EXT_ISA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
