@@ -190,9 +190,17 @@ AttentionGrads attention_backward_aten(
   const at::Tensor Drow =
       (dO * out.to(opts.dtype())).view({B, N, H, dv}).sum(-1).permute({0, 2, 1}).contiguous();
 
+  // Each table row belongs to one pair group at most (prepare_attention checks it), which
+  // writes its gradient whole: only the rows of no group are zeroed, not the whole table.
   std::array<at::Tensor, 3> grad_table;
-  for (int r = 0; r < 3; ++r)
-    if (o.table[r].defined()) grad_table[r] = at::zeros_like(o.table[r]);
+  for (int r = 0; r < 3; ++r) {
+    if (!o.table[r].defined()) continue;
+    grad_table[r] = at::empty_like(o.table[r]);
+    std::vector<char> owned(o.table[r].size(0), 0);
+    for (int64_t g = 0; g < G; ++g) owned[plan.groups->group_class[r][g]] = 1;
+    for (int64_t cls = 0; cls < static_cast<int64_t>(owned.size()); ++cls)
+      if (!owned[cls]) grad_table[r].select(0, cls).zero_();
+  }
   // Per-thread token gradients: slots 0..2 the shared parts, 3..5 the sources.
   const at::Device device = key_index.device();
   std::vector<std::array<at::Tensor, 6>> local(work_slots(device));
@@ -226,7 +234,8 @@ AttentionGrads attention_backward_aten(
         const int64_t cls = plan.groups->group_class[r][g];
         const at::Tensor flat = grads[r].narrow(-1, ds_r, dr_r).reshape({B * P, H * dr_r});
         const at::Tensor src = o.source[r].index_select(1, rows).reshape({B * P, plan.source_dim[r]});
-        grad_table[r].select(0, cls).addmm_(src.t(), flat);  // this group owns row cls
+        at::Tensor row = grad_table[r].select(0, cls);  // this group owns row cls
+        at::mm_out(row, src.t(), flat);
         mine[3 + r].index_add_(1, rows, at::mm(flat, o.table[r].select(0, cls).t()).view({B, P, plan.source_dim[r]}));
       }
     }

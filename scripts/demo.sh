@@ -19,7 +19,9 @@ MAX_JOBS="${MAX_JOBS:-2}" "$venv/bin/pip" install --quiet "$root[demo]"
 # (with its compiled kernels), not the checkout's source folder ./translution_ext.
 # Paths given to --out and --root stay relative to the caller's directory; the
 # default --out comes first, so a given one (argparse keeps the last) replaces it.
-args=(--out "$caller/translution_demo")
+# --require-native: the demo stops with an error rather than time the pure-PyTorch
+# fallback if the kernels just compiled do not load.
+args=(--require-native --out "$caller/translution_demo")
 previous=""
 for arg in "$@"; do
   case "$previous" in

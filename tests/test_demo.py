@@ -163,6 +163,17 @@ def test_demo_records_which_kernels_ran(tmp_path, capsys):
     assert "AlphaTranslution: " + kernels["vit_alpha"]["AlphaTranslution"] in printed
 
 
+def test_demo_require_native_stops_without_the_kernels(tmp_path, capsys, monkeypatch):
+    from translution_ext.demo import experiment
+
+    monkeypatch.setattr(experiment, "native_status", lambda: dict(loaded=False, library=None, device_types=[],
+                                                                  load_error="no _C library next to the package"))
+    assert main(["demo", "--require-native", "--quick", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "--require-native: native kernels: NOT loaded" in error and "no _C library" in error
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_demo_argument_errors(tmp_path, capsys):
     assert main(["demo", "--data", "mnist", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == ("python -m translution_ext demo: error: --data mnist needs --root DIR, "
@@ -238,8 +249,8 @@ def test_demo_script_runs_the_installed_package_outside_the_checkout(tmp_path):
     cwd, argv = run_demo_script(tmp_path, "--quick")
     # Not the checkout (whose ./translution_ext would shadow the installed package), nor the caller's folder.
     assert not os.path.exists(os.path.join(cwd, "translution_ext")) and cwd != str(tmp_path / "caller")
-    assert argv[:4] == ["-m", "translution_ext", "demo", "--out"]
-    assert argv[4] == str(tmp_path / "caller" / "translution_demo") and argv[5:] == ["--quick"]
+    assert argv[:5] == ["-m", "translution_ext", "demo", "--require-native", "--out"]
+    assert argv[5] == str(tmp_path / "caller" / "translution_demo") and argv[6:] == ["--quick"]
 
 
 def test_demo_script_keeps_paths_relative_to_the_caller(tmp_path):

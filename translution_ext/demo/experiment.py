@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{' '.join(map(str, QUICK_SEEDS))} with --quick)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default="translution_demo", help="folder for results.json and results.png")
+    p.add_argument("--require-native", action="store_true",
+                   help="stop with an error instead of training when the native kernels are not loaded for the "
+                        "device (scripts/demo.sh sets it: it has just compiled them)")
 
 
 def _load(args, seed: int) -> data.DynamicMNIST:
@@ -144,6 +147,9 @@ def run(args) -> int:
     except OSError as e:
         raise UsageError(f"--out {args.out}: cannot create the folder ({e.strerror})") from None
     native = native_status()
+    if args.require_native and (not native["loaded"] or device.type not in native["device_types"]):
+        raise UsageError(f"--require-native: {describe_native(native, device)}; the demo would time the "
+                         "pure-PyTorch reference, not this package's kernels")
     runs: Dict[str, List[dict]] = {name: [] for name in args.models}
     built: Dict[str, torch.nn.Module] = {}
     deployment: Optional[dict] = None

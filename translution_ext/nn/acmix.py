@@ -82,6 +82,14 @@ class ACmix(nn.Module):
         out_att = acmix_window_attention(q, k, v, pe, self.head, self.kernel_att, self.stride)
         # Conv path: the 3·Nh maps of every head slice d mixed into kc² shift inputs, then grouped by d.
         z = torch.cat([t.reshape(b, self.head, self.head_dim, h * w) for t in (q, k, v)], dim=1)
-        f = self.fc(z).permute(0, 2, 1, 3).reshape(b, -1, h, w)  # channel d·kc² + i
-        out_conv = self.dep_conv(f)
+        # fc, a 1x1 conv over only 3·Nh channels, as one matmul (as a convolution it is slow on CPU):
+        # (b, kc², hd, h·w), then channel d·kc² + i of dep_conv's input.
+        taps = self.kernel_conv * self.kernel_conv
+        f = torch.matmul(self.fc.weight.view(taps, 3 * self.head), z.reshape(b, 3 * self.head, -1))
+        f = f.view(b, taps, self.head_dim, h, w)
+        if x.device.type == "cpu":  # oneDNN's grouped convolution is several times faster channels-last
+            f = f.permute(0, 3, 4, 2, 1).reshape(b, h, w, -1).permute(0, 3, 1, 2)
+            out_conv = self.dep_conv(f).contiguous()
+        else:
+            out_conv = self.dep_conv(f.transpose(1, 2).reshape(b, -1, h, w))
         return self.rate1 * out_att + self.rate2 * out_conv

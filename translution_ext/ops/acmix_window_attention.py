@@ -124,8 +124,13 @@ def _register() -> None:
         q, k, v, pe, heads, window, stride, scale = inputs
         ctx.meta = (heads, window, stride, scale)
         ctx.save_for_backward(q, k, v, pe, output[1])
+        # The softmax weights are for the backward only: no zero gradient of their size per call.
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_out, _grad_attn):
+        if grad_out is None:
+            return None, None, None, None, None, None, None, None
         q, k, v, pe, attn = ctx.saved_tensors
         grads = torch.ops.translution_ext.acmix_window_attention_backward(grad_out.contiguous(), q, k, v, pe, attn,
                                                                           *ctx.meta)

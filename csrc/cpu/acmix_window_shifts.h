@@ -1,0 +1,45 @@
+// The three shifted-window products behind the CPU ACmix kernel, on one (b, head) plane.
+//
+// Query-side maps (channels, Ho, row) hold output pixel (yo, xo) at [yo][margin + xo] and
+// zeros elsewhere.  Key-side maps (hd, Hp, stride, cols) hold the reflection-padded map
+// split into stride phases: padded pixel (r, c) at [r][c % stride][c / stride], so that the
+// window position (du, dv) of the output pixels xo .. xo + L - 1 is one contiguous run
+// [yo·stride + du][dv % stride][xo + dv / stride ..].  Every product then walks whole runs
+// of kLanes pixels with no gathers, and every FLOP is a useful one.
+#pragma once
+
+#include <cstdint>
+
+namespace translution_ext {
+
+constexpr int64_t kLanes = 8;  // output pixels per inner run (one AVX2 register of floats)
+
+struct ShiftLayout {
+  int64_t hd, ka, s, Ho, Wo, U;  // head dim, window, stride, output size, window²
+  int64_t margin;                // (ka - 1) / stride: the largest shift, in phase columns
+  int64_t Hp, cols, row;         // padded rows; key-side phase width; query-side row width
+  int64_t Ho_row() const { return Ho * row; }
+  int64_t key_plane() const { return Hp * s * cols; }  // one channel of a key-side map
+};
+
+ShiftLayout shift_layout(int64_t hd, int64_t window, int64_t stride, int64_t Ho, int64_t Wo);
+
+// out[u] = Σ_d x[d] · y[d] shifted by u (logits from q and k − pe; dA from dO and v).
+template <typename T>
+void shift_dot(const ShiftLayout& l, const T* x, const T* y, T* out);
+
+// out[d] = Σ_u w[u] · y[d] shifted by u (the output from a and v; dq from dlogit and k − pe).
+template <typename T>
+void shift_sum(const ShiftLayout& l, const T* w, const T* y, T* out);
+
+// out[d] = Σ_u (w[u] · x[d]) shifted back by u onto the padded key map (dk from dlogit and q;
+// dv from a and dO).  w and x must be zero outside the output pixels.
+template <typename T>
+void shift_scatter(const ShiftLayout& l, const T* w, const T* x, T* out);
+
+// x = exp(x) for n values, n a multiple of kLanes: float by a vectorised polynomial (within
+// 2 ulp of std::exp), double by std::exp.
+void exp_runs(float* x, int64_t n);
+void exp_runs(double* x, int64_t n);
+
+}  // namespace translution_ext
