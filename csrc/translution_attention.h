@@ -81,8 +81,8 @@ AttentionPlan prepare_attention(const AttentionInputs& in);
 // The dtype the kernels compute in: float for half types, else the input dtype.
 at::ScalarType attention_opmath(at::ScalarType t);
 
-// The op's implementation (translution_attention_aten.cpp), ATen operations only: the CPU
-// and CUDA registrations both use it.  Arguments follow the op schemas.
+// The op's CPU implementation (translution_attention_aten.cpp), ATen operations only; CUDA
+// has its own kernels (cuda/translution_attention_cuda.h).  Arguments follow the op schemas.
 std::tuple<at::Tensor, at::Tensor> attention_forward_aten(
     const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k, const std::optional<at::Tensor>& v,
     const std::optional<at::Tensor>& q_source, const std::optional<at::Tensor>& k_source,

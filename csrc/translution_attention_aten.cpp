@@ -1,9 +1,6 @@
-// Fused Translution attention, composed of ATen operations so that one implementation
-// serves every device: on CPU the work items run in parallel on the thread pool (BLAS
-// GEMMs inside), on CUDA one after another on the current stream (cuBLAS GEMMs, tensor
-// cores for the half types' float accumulation is not used: operands are converted to
-// float first).  Registered for CPU in cpu/translution_attention_cpu.cpp and for CUDA in
-// cuda/translution_attention_cuda.cu.
+// Fused Translution attention on CPU, composed of ATen operations: the work items run in
+// parallel on the thread pool (BLAS GEMMs inside).  Registered in
+// cpu/translution_attention_cpu.cpp; CUDA has its own kernels (cuda/translution_attention_*).
 //
 // Forward, per block of query rows (one work item each): for every pair group
 // (one q class, one k/v class) the block's pairs gather their token rows and project
@@ -15,8 +12,7 @@
 // (the FlashAttention scheme), the per-pair gradients feed one GEMM per table row,
 // and the token gradients go to per-thread buffers summed in thread order.
 // Nothing of size N x N x (C or D) is stored; the per-block scores are O(B·H·rows·N).
-// Deterministic on CPU; on CUDA the row sums use index_add_, which is deterministic when
-// torch.use_deterministic_algorithms(True) is set (as for PyTorch's own ops).
+// Deterministic: every output element has one writer, the thread buffers are summed in order.
 #include <ATen/Parallel.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
