@@ -1,10 +1,11 @@
 // The deployed X-volution on CPU.  The X part is the K x K conv of W*[:, :C] through ATen (oneDNN).
 // The T(X) part reads the centre Ka x Ka taps of W*[:, C:] only (the taps the fold left zero are
 // skipped) and never builds T(X) of the batch or the concatenation:
-//   Ka = 1: per (image, block of output rows) on one thread, the products X[c, q] * X[c, q + d_s]
-//           of a chunk of channels fill a cache-sized buffer, and oneDNN's batch-reduce GEMM kernel
-//           (single-threaded; ATen's BLAS inside at::parallel_for would start nested threads) adds
-//           W_T[:, chunk] @ buffer into the output rows;
+//   Ka = 1: per work item of about 512 output columns (a block of rows of one image, or a group of
+//           whole small images) on one thread, the products X[c, q] * X[c, q + d_s] of a chunk of
+//           channels fill a cache-sized buffer, and oneDNN's batch-reduce GEMM kernel (single-threaded;
+//           ATen's BLAS inside at::parallel_for would start nested threads) adds W_T[:, chunk] @ buffer
+//           into the item's outputs;
 //   Ka > 1: slab by slab of images, their products fill a buffer (16 MB or the size of X), run
 //           through oneDNN's convolution and added to the output.
 // Half types compute in float and round once.
