@@ -70,6 +70,32 @@ int64_t first_col(int64_t bound, int64_t off, int64_t stride) {
 void fill_tap_products(const float* x, const XvolutionDeployedGeometry& g, int64_t b, int64_t oy0, int64_t oy1,
                        int64_t r0, int64_t r1, float* buffer, int64_t ld) {
   const int64_t a = g.Ka / 2, st = g.stride, taps = g.Ka * g.Ka;
+  if (taps == 1 && st == 1) {
+    // Output (oy, ox) is input (oy, ox): the rows whose neighbour row is inside run as one long loop
+    // (rows of at most a few dozen columns would each pay a loop's start-up), then the columns whose
+    // neighbour wrapped into the next or previous row are zeroed.
+    const int64_t base = oy0 * g.W, n = (oy1 - oy0) * g.W;  // o[q - base] is output q = y * W + x
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t c = r % g.C, s = r / g.C, dy = g.shifts[2 * s], dx = g.shifts[2 * s + 1];
+      const int64_t lo = std::clamp<int64_t>(-dx, 0, g.W), hi = std::clamp<int64_t>(g.W - dx, lo, g.W);
+      const int64_t ya = std::clamp<int64_t>(-dy, oy0, oy1), yb = std::clamp<int64_t>(g.H - dy, ya, oy1);
+      const float* plane = x + (b * g.C + c) * g.H * g.W;
+      float* o = buffer + (r - r0) * ld;
+      if (lo == hi || ya == yb) {
+        std::fill(o, o + n, 0.f);
+        continue;
+      }
+      const int64_t first = ya * g.W + lo, last = (yb - 1) * g.W + hi, shift = dy * g.W + dx;
+      std::fill(o, o + first - base, 0.f);
+      for (int64_t q = first; q < last; ++q) o[q - base] = plane[q] * plane[q + shift];
+      for (int64_t y = ya; y + 1 < yb; ++y) {
+        std::fill(o + y * g.W + hi - base, o + (y + 1) * g.W - base, 0.f);
+        std::fill(o + (y + 1) * g.W - base, o + (y + 1) * g.W + lo - base, 0.f);
+      }
+      std::fill(o + last - base, o + n, 0.f);
+    }
+    return;
+  }
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t kx = r % g.Ka, ky = (r / g.Ka) % g.Ka, c = (r / taps) % g.C, s = r / (taps * g.C);
     const int64_t dy = g.shifts[2 * s], dx = g.shifts[2 * s + 1], off = kx - a;
