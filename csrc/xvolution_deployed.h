@@ -5,9 +5,9 @@
 // T(X) part W*[:, C:], which the fold leaves zero outside the centre Ka x Ka taps:
 //   Y = Conv_K(X; W*[:, :C], b*) + Conv_Ka(T(X); W*[:, C:, centre Ka x Ka])
 // The kernels compute the second term without T(X) of the whole batch: on CPU a GEMM fused with the
-// products per block of output rows (Ka = 1) or oneDNN's convolution on slabs of images (Ka > 1); on
-// CUDA an implicit GEMM whose operand (the products X[c, q] * X[c, q + d_s] at the taps' input
-// positions) lives in shared memory.
+// products per block of rows or group of small images (Ka = 1) or oneDNN's convolution on slabs of
+// images (Ka > 1); on CUDA an implicit GEMM whose operand (the products X[c, q] * X[c, q + d_s] at the
+// taps' input positions) lives in shared memory.
 #pragma once
 
 #include <ATen/ATen.h>

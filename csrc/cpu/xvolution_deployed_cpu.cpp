@@ -1,10 +1,11 @@
 // The deployed X-volution on CPU.  The X part is the K x K conv of W*[:, :C] through ATen (oneDNN).
 // The T(X) part reads the centre Ka x Ka taps of W*[:, C:] only (the taps the fold left zero are
 // skipped) and never builds T(X) of the batch or the concatenation:
-//   Ka = 1: per (image, block of output rows) on one thread, the products X[c, q] * X[c, q + d_s]
-//           of a chunk of channels fill a cache-sized buffer, and oneDNN's batch-reduce GEMM kernel
-//           (single-threaded; ATen's BLAS inside at::parallel_for would start nested threads) adds
-//           W_T[:, chunk] @ buffer into the output rows;
+//   Ka = 1: per work item of about 512 output columns (a block of rows of one image, or a group of
+//           whole small images) on one thread, the products X[c, q] * X[c, q + d_s] of a chunk of
+//           channels fill a cache-sized buffer, and oneDNN's batch-reduce GEMM kernel (single-threaded;
+//           ATen's BLAS inside at::parallel_for would start nested threads) adds W_T[:, chunk] @ buffer
+//           into the item's outputs;
 //   Ka > 1: slab by slab of images, their products fill a buffer (16 MB or the size of X), run
 //           through oneDNN's convolution and added to the output.
 // Half types compute in float and round once.
@@ -15,6 +16,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "../xvolution_deployed.h"
@@ -23,8 +25,8 @@ namespace translution_ext {
 
 namespace {
 
-constexpr int64_t kBufferElements = int64_t(1) << 16;  // products buffer per thread: 256 KB, cache-sized
-constexpr int64_t kMinPixels = 128;                    // GEMM width of a work item
+constexpr int64_t kBufferElements = int64_t(1) << 17;  // products buffer per thread: 512 KB, half of L2
+constexpr int64_t kMinPixels = 512;                    // GEMM columns of a work item
 constexpr int64_t kSlabElements = int64_t(1) << 22;    // T(X) slab: 16 MB of fp32 or the size of X
 constexpr const char* kOp = "xvolution_deployed: ";
 
@@ -63,11 +65,37 @@ int64_t first_col(int64_t bound, int64_t off, int64_t stride) {
   return n <= 0 ? 0 : (n + stride - 1) / stride;
 }
 
-// buffer[r - r0, (oy - oy0) * Wo + ox] for the GEMM rows r in [r0, r1) of image b: T(X)[b, s*C + c] at the
-// input position of tap (ky, kx) of output (oy, ox), 0 outside the image; r = ((s*C + c)*Ka + ky)*Ka + kx.
+// buffer[(r - r0) * ld + (oy - oy0) * Wo + ox] for the GEMM rows r in [r0, r1) of image b: T(X)[b, s*C + c]
+// at the input position of tap (ky, kx) of output (oy, ox), 0 outside the image; r = ((s*C + c)*Ka + ky)*Ka + kx.
 void fill_tap_products(const float* x, const XvolutionDeployedGeometry& g, int64_t b, int64_t oy0, int64_t oy1,
-                       int64_t r0, int64_t r1, float* buffer) {
-  const int64_t n = (oy1 - oy0) * g.Wo, a = g.Ka / 2, st = g.stride, taps = g.Ka * g.Ka;
+                       int64_t r0, int64_t r1, float* buffer, int64_t ld) {
+  const int64_t a = g.Ka / 2, st = g.stride, taps = g.Ka * g.Ka;
+  if (taps == 1 && st == 1) {
+    // Output (oy, ox) is input (oy, ox): the rows whose neighbour row is inside run as one long loop
+    // (rows of at most a few dozen columns would each pay a loop's start-up), then the columns whose
+    // neighbour wrapped into the next or previous row are zeroed.
+    const int64_t base = oy0 * g.W, n = (oy1 - oy0) * g.W;  // o[q - base] is output q = y * W + x
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t c = r % g.C, s = r / g.C, dy = g.shifts[2 * s], dx = g.shifts[2 * s + 1];
+      const int64_t lo = std::clamp<int64_t>(-dx, 0, g.W), hi = std::clamp<int64_t>(g.W - dx, lo, g.W);
+      const int64_t ya = std::clamp<int64_t>(-dy, oy0, oy1), yb = std::clamp<int64_t>(g.H - dy, ya, oy1);
+      const float* plane = x + (b * g.C + c) * g.H * g.W;
+      float* o = buffer + (r - r0) * ld;
+      if (lo == hi || ya == yb) {
+        std::fill(o, o + n, 0.f);
+        continue;
+      }
+      const int64_t first = ya * g.W + lo, last = (yb - 1) * g.W + hi, shift = dy * g.W + dx;
+      std::fill(o, o + first - base, 0.f);
+      for (int64_t q = first; q < last; ++q) o[q - base] = plane[q] * plane[q + shift];
+      for (int64_t y = ya; y + 1 < yb; ++y) {
+        std::fill(o + y * g.W + hi - base, o + (y + 1) * g.W - base, 0.f);
+        std::fill(o + (y + 1) * g.W - base, o + (y + 1) * g.W + lo - base, 0.f);
+      }
+      std::fill(o + last - base, o + n, 0.f);
+    }
+    return;
+  }
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t kx = r % g.Ka, ky = (r / g.Ka) % g.Ka, c = (r / taps) % g.C, s = r / (taps * g.C);
     const int64_t dy = g.shifts[2 * s], dx = g.shifts[2 * s + 1], off = kx - a;
@@ -75,7 +103,7 @@ void fill_tap_products(const float* x, const XvolutionDeployedGeometry& g, int64
     // Columns where both X[iy, ix] and X[iy + dy, ix + dx] are inside: a branch-free inner loop.
     const int64_t lo = std::min(g.Wo, first_col(std::max<int64_t>(0, -dx), off, st));
     const int64_t hi = std::max(lo, std::min(g.Wo, first_col(std::min(g.W, g.W - dx), off, st)));
-    float* o = buffer + (r - r0) * n;
+    float* o = buffer + (r - r0) * ld;
     for (int64_t oy = oy0; oy < oy1; ++oy, o += g.Wo) {
       const int64_t iy = oy * st + ky - a;
       if (iy < 0 || iy >= g.H || iy + dy < 0 || iy + dy >= g.H) {
@@ -95,29 +123,48 @@ void fill_tap_products(const float* x, const XvolutionDeployedGeometry& g, int64
   }
 }
 
-// float: per work item (image, block of output rows) on one thread, the products of a chunk of GEMM rows
-// fill a cache-sized buffer and oneDNN's batch-reduce GEMM kernel (single-threaded by design) adds
-// W_T[:, chunk] @ buffer into the item's output rows of y.
+// float: per work item on one thread, the products of a chunk of GEMM rows fill a cache-sized buffer and
+// oneDNN's batch-reduce GEMM kernel (single-threaded by design) adds W_T[:, chunk] @ buffer into the item's
+// outputs.  An item is a block of output rows of one image or, when an image has fewer than kMinPixels
+// outputs, a group of whole images: W_T (Co x R, megabytes) then streams from L3 once per kMinPixels
+// columns, not once per small image, and each chunk of it stays in L2 across the group's images.
 void add_pssa_part_fused(const at::Tensor& x, const at::Tensor& w_t, const XvolutionDeployedGeometry& g,
                          at::Tensor& y) {
-  const int64_t R = g.reduction(), HWo = g.Ho * g.Wo;
-  const int64_t rows = std::min(g.Ho, std::max<int64_t>(1, (kMinPixels + g.Wo - 1) / g.Wo));
-  const int64_t blocks = (g.Ho + rows - 1) / rows;
-  const int64_t chunk = std::min(R, std::max<int64_t>(16, kBufferElements / (rows * g.Wo)));
+  const int64_t R = g.reduction(), HWo = g.Ho * g.Wo, threads = at::get_num_threads();
+  int64_t images = 1, rows = g.Ho;
+  if (HWo >= kMinPixels) {
+    const int64_t parts = (HWo + kMinPixels - 1) / kMinPixels;  // equal blocks of about kMinPixels
+    rows = (g.Ho + parts - 1) / parts;
+  } else {
+    // Groups of about kMinPixels outputs; their count a multiple of the threads (or B) so that none idles.
+    int64_t groups = (g.B * HWo + kMinPixels - 1) / kMinPixels;
+    groups = std::min(g.B, (groups + threads - 1) / threads * threads);
+    images = (g.B + groups - 1) / groups;
+  }
+  const int64_t blocks = (g.Ho + rows - 1) / rows, items = images > 1 ? (g.B + images - 1) / images : g.B * blocks;
+  const int64_t width = images * rows * g.Wo;  // most columns of an item
+  const int64_t chunk = std::min(R, std::max<int64_t>(16, kBufferElements / width));
   const float* xp = x.const_data_ptr<float>();
   const float* wp = w_t.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
-  at::parallel_for(0, g.B * blocks, 1, [&](int64_t first, int64_t last) {
-    std::vector<float> buffer(chunk * rows * g.Wo);
-    for (int64_t item = first; item < last; ++item) {
-      const int64_t b = item / blocks, oy0 = (item % blocks) * rows, oy1 = std::min(g.Ho, oy0 + rows);
-      const int64_t n = (oy1 - oy0) * g.Wo;
+  // Items are taken from a shared counter, not split in advance: a thread that the OS delays (the cores are
+  // often shared) leaves its items to the others instead of holding up the whole call.
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(items, threads), 1, [&](int64_t, int64_t) {
+    std::vector<float> buffer(chunk * width);
+    for (int64_t item = next++; item < items; item = next++) {
+      const int64_t b0 = images > 1 ? item * images : item / blocks;
+      const int64_t b1 = images > 1 ? std::min(g.B, b0 + images) : b0 + 1;
+      const int64_t oy0 = images > 1 ? 0 : (item % blocks) * rows, oy1 = std::min(g.Ho, oy0 + rows);
+      const int64_t n = (oy1 - oy0) * g.Wo, ld = (b1 - b0) * n;  // columns per image, per buffer row
       for (int64_t r0 = 0; r0 < R; r0 += chunk) {
         const int64_t r1 = std::min(R, r0 + chunk);
-        fill_tap_products(xp, g, b, oy0, oy1, r0, r1, buffer.data());
-        // y[b, :, oy0:oy1, :] (Co, n), row stride Ho*Wo, += W_T[:, r0:r1] (Co, r1 - r0) @ buffer (r1 - r0, n)
-        at::native::cpublas::brgemm(g.Co, n, r1 - r0, R, n, HWo, true, wp + r0, buffer.data(),
-                                    yp + b * g.Co * HWo + oy0 * g.Wo, false);
+        for (int64_t b = b0; b < b1; ++b)
+          fill_tap_products(xp, g, b, oy0, oy1, r0, r1, buffer.data() + (b - b0) * n, ld);
+        // y[b, :, oy0:oy1, :] (Co, n), row stride Ho*Wo, += W_T[:, r0:r1] (Co, r1 - r0) @ buffer's columns of b
+        for (int64_t b = b0; b < b1; ++b)
+          at::native::cpublas::brgemm(g.Co, n, r1 - r0, R, ld, HWo, true, wp + r0, buffer.data() + (b - b0) * n,
+                                      yp + b * g.Co * HWo + oy0 * g.Wo, false);
       }
     }
     at::native::cpublas::brgemm_release(false);
