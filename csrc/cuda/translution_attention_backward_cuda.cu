@@ -53,31 +53,6 @@ struct BackwardBuffers {
   acc_t *weight, *dscore;  // (B, H, P): a and ds
 };
 
-// Chunk rows for pairs [first, first + count) of an ordering (`order`: key order, or null for
-// pair order) x batch items [b0, b0 + nb); owner = batch item * kPlanTileRows + (token - t0),
-// the token being i (query pass) or j (key pass).
-template <typename scalar_t>
-__device__ void tile_chunk(const AttentionArgs<scalar_t>& a, ChunkRows& rows, const int32_t* order, int64_t first,
-                           int64_t count, int64_t b0, int64_t nb, int64_t t0, bool by_key) {
-  const int32_t* pair_i = a.plan + a.layout.pair_i;
-  const int32_t* pair_j = a.plan + a.layout.pair_j;
-  for (int m = threadIdx.x; m < kBM; m += kThreads) {
-    if (m < count * nb) {
-      const int64_t bl = m / count, at = first + m % count;
-      const int32_t p = order ? order[at] : static_cast<int32_t>(at);
-      rows.b[m] = static_cast<int32_t>(b0 + bl);
-      rows.p[m] = p;
-      rows.i[m] = pair_i[p];
-      rows.j[m] = pair_j[p];
-      rows.owner[m] = static_cast<int32_t>(bl * kPlanTileRows + ((by_key ? pair_j[p] : pair_i[p]) - t0));
-    } else {
-      rows.owner[m] = -1;
-    }
-  }
-  __syncthreads();
-  find_runs(rows);
-}
-
 // acc[owner's row][col0 + n] += sum over the owner's run of value(m, n), for n < count.
 // `row_of(r)` gives the accumulator row of owner r (or null when it has none).
 template <typename acc_t, typename RowOf, typename Value>

@@ -36,29 +36,6 @@ struct ForwardSmem {
   }
 };
 
-// Fills the chunk rows: pairs [first, first + count) of group order x batch items [b0, b0 + nb),
-// row m = (batch item) * count + pair, owned by (batch item) * kPlanTileRows + (i - i0).
-template <typename scalar_t>
-__device__ void query_chunk(const AttentionArgs<scalar_t>& a, ChunkRows& rows, int64_t first, int64_t count,
-                            int64_t b0, int64_t nb, int64_t i0) {
-  const int32_t* pair_i = a.plan + a.layout.pair_i;
-  const int32_t* pair_j = a.plan + a.layout.pair_j;
-  for (int m = threadIdx.x; m < kBM; m += kThreads) {
-    if (m < count * nb) {
-      const int64_t bl = m / count, p = first + m % count;
-      rows.b[m] = static_cast<int32_t>(b0 + bl);
-      rows.p[m] = static_cast<int32_t>(p);
-      rows.i[m] = pair_i[p];
-      rows.j[m] = pair_j[p];
-      rows.owner[m] = static_cast<int32_t>(bl * kPlanTileRows + (pair_i[p] - i0));
-    } else {
-      rows.owner[m] = -1;
-    }
-  }
-  __syncthreads();
-  find_runs(rows);
-}
-
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_forward_kernel(AttentionArgs<scalar_t> a, scalar_t* __restrict__ out,
@@ -87,7 +64,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int32_t cq = a.group_class(kQ, g), ck = a.group_class(kK, g), cv = a.group_class(kV, g);
     for (int64_t c0 = first; c0 < last; c0 += per_chunk) {
       __syncthreads();  // the previous chunk's readers of rows, score and weight are done
-      query_chunk(a, rows, c0, imin(per_chunk, last - c0), b0, nb, i0);
+      tile_chunk(a, rows, nullptr, c0, imin(per_chunk, last - c0), b0, nb, i0, /*by_key=*/false);
       role_rows(a, kQ, rows, cq, h, s.q, s.tile, s.scratch);
       for (int m = threadIdx.x; m < kBM; m += kThreads) s.score[m] = acc_t(0);
       for (int64_t n0 = 0; n0 < W; n0 += kBN) {
