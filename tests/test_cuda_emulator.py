@@ -284,6 +284,21 @@ def test_fused_attention_launch_counts(emu, geometry):
     assert fused_attention_launches(emu, ix, torch.float32, geometry == "causal_256") == (1, 3)
 
 
+def test_fused_attention_refuses_heads_too_wide_for_shared_memory(emu):
+    """Before any launch: a clear error naming the need and the device's limit."""
+    ix = indexing.offset_index_1d(2)
+    q = torch.randn(1, 2, 2048)
+    v_source, v_table = torch.randn(1, 2, 1), torch.randn(ix.num_classes, 1, 2048)
+    before = torch.ops.cuda_emulator.launch_count()
+    with pytest.raises(ValueError, match=r"needs \d+ bytes of shared memory per block for these head widths, over "
+                                         r"the device's 232448"):
+        emu.translution_attention(q, q, None, None, None, v_source, None, None, v_table, ix.key, ix.query, 1, 1.0,
+                                  False)
+    assert torch.ops.cuda_emulator.launch_count() == before
+    with pytest.raises(ValueError, match=r"widths must be >= 0, got -1 and 64"):
+        emu.translution_attention_shared_memory(torch.float32, -1, 64)
+
+
 def test_fused_attention_launch_counts_in_bfloat16(emu):
     """fp16/bf16 accumulate gradients in fp32: one more backward launch casts them."""
     assert fused_attention_launches(emu, indexing.offset_index_2d_cls((3, 3)), torch.bfloat16, False) == (1, 4)
