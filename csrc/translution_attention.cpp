@@ -20,15 +20,6 @@ at::Tensor index_on_cpu(const at::Tensor& index) {
   return index.to(at::kCPU, at::kLong).contiguous();
 }
 
-// The first given tensor: every other one must match its dtype, device, B and N.
-const at::Tensor& reference_tensor(const AttentionInputs& in) {
-  for (int role = 0; role < 3; ++role) {
-    if (in.shared[role]) return *in.shared[role];
-    if (in.source[role]) return *in.source[role];
-  }
-  TORCH_CHECK_VALUE(false, kOp, "no role is given: each of q, k, v needs a shared tensor or a source and a table");
-}
-
 void check_like(const at::Tensor& t, const std::string& name, const at::Tensor& ref) {
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), kOp, name,
                    " must have the same dtype as the other inputs (", ref.scalar_type(), "), got ",
@@ -85,6 +76,14 @@ void check_range(const at::Tensor& index, const char* name, int64_t rows, const 
 }
 
 }  // namespace
+
+const at::Tensor& reference_tensor(const AttentionInputs& in) {
+  for (int role = 0; role < 3; ++role) {
+    if (in.shared[role]) return *in.shared[role];
+    if (in.source[role]) return *in.source[role];
+  }
+  TORCH_CHECK_VALUE(false, kOp, "no role is given: each of q, k, v needs a shared tensor or a source and a table");
+}
 
 at::ScalarType attention_opmath(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;

@@ -78,6 +78,10 @@ struct AttentionPlan {
 // to the device.
 AttentionPlan prepare_attention(const AttentionInputs& in);
 
+// The first given shared tensor or source, in role order: every other input must match its
+// dtype, device, B and N.
+const at::Tensor& reference_tensor(const AttentionInputs& in);
+
 // The dtype the kernels compute in: float for half types, else the input dtype.
 at::ScalarType attention_opmath(at::ScalarType t);
 

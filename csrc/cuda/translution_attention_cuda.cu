@@ -31,14 +31,6 @@ AttentionInputs contiguous_inputs(const std::optional<at::Tensor>& q, const std:
                          heads, scale, causal};
 }
 
-const at::Tensor& first_tensor(const AttentionInputs& in) {
-  for (int r = 0; r < 3; ++r) {
-    if (in.shared[r]) return *in.shared[r];
-    if (in.source[r]) return *in.source[r];
-  }
-  TORCH_CHECK_VALUE(false, "translution_attention: no role is given");
-}
-
 std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(
     const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k, const std::optional<at::Tensor>& v,
     const std::optional<at::Tensor>& qs, const std::optional<at::Tensor>& ks, const std::optional<at::Tensor>& vs,
@@ -49,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(
       contiguous_inputs(q, k, v, qs, ks, vs, qt, kt, vt, key_index, query_index, heads, scale, causal);
   const AttentionPlan plan = prepare_attention(in);  // checks everything first
   const c10::cuda::OptionalCUDAGuard guard(key_index.device());
-  const at::Tensor& ref = first_tensor(in);
+  const at::Tensor& ref = reference_tensor(in);
   at::Tensor out = at::empty({plan.B, plan.N, plan.H * plan.head_dim(kV)}, ref.options());
   at::Tensor lse = at::empty({plan.B, plan.H, plan.N}, ref.options().dtype(attention_opmath(ref.scalar_type())));
   if (plan.B == 0 || plan.N == 0) return {out, lse};
@@ -75,7 +67,7 @@ AttentionGrads attention_backward_cuda(
   TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef({B, H, N}),
                     "translution_attention_backward: lse must have shape (B, H, N) == (", B, ", ", H, ", ", N,
                     "), got ", lse.sizes());
-  const at::Tensor& ref = first_tensor(in);
+  const at::Tensor& ref = reference_tensor(in);
   TORCH_CHECK_TYPE(grad_out.scalar_type() == ref.scalar_type() && out.scalar_type() == ref.scalar_type(),
                    "translution_attention_backward: grad_out and out must have the inputs' dtype (",
                    ref.scalar_type(), "), got ", grad_out.scalar_type(), " and ", out.scalar_type());
