@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -54,12 +55,18 @@ def _extension():
     torch_version = torch.__version__
     defines = [("TRANSLUTION_EXT_TORCH_VERSION", f'"{torch_version}"')]
     cxx_flags = ["-O3", "-std=c++20"]
+    # ATen's at::parallel_for is an inline `#pragma omp parallel`: compiled without OpenMP, every CPU
+    # kernel of this library would run on one thread whatever torch.set_num_threads says.
+    link_flags = []
+    if sys.platform.startswith("linux"):
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     if not with_cuda:
         print(f"translution_ext: building CPU kernels only (torch {torch_version})")
         return CppExtension(
             "translution_ext._C", sources, define_macros=defines,
-            extra_compile_args={"cxx": cxx_flags}, py_limited_api=True,
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags, py_limited_api=True,
         )
     arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_ARCH_LIST
     os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list  # read by torch when it builds nvcc flags
@@ -72,7 +79,7 @@ def _extension():
     return CUDAExtension(
         "translution_ext._C", sources + _sources("csrc/cuda/*.cu"), define_macros=defines,
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20", "-lineinfo"]},
-        py_limited_api=True,
+        extra_link_args=link_flags, py_limited_api=True,
     )
 
 

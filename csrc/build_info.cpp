@@ -28,7 +28,13 @@ std::string build_info_json() {
 #else
   s << "\"cuda\": false, \"cuda_version\": null, ";
 #endif
-  s << "\"cuda_archs\": \"" << TRANSLUTION_EXT_CUDA_ARCHS << "\"}";
+  s << "\"cuda_archs\": \"" << TRANSLUTION_EXT_CUDA_ARCHS << "\", ";
+  // Whether the CPU kernels' at::parallel_for (an inline OpenMP region) can use more than one thread.
+#ifdef _OPENMP
+  s << "\"cpu_parallel\": true}";
+#else
+  s << "\"cpu_parallel\": false}";
+#endif
   return s.str();
 }
 

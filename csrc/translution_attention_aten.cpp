@@ -13,13 +13,13 @@
 // and the token gradients go to per-thread buffers summed in thread order.
 // Nothing of size N x N x (C or D) is stored; the per-block scores are O(B·H·rows·N).
 // Deterministic: every output element has one writer, the thread buffers are summed in order.
-#include <ATen/Parallel.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <algorithm>
 #include <limits>
 
+#include "parallel.h"
 #include "translution_attention.h"
 
 namespace translution_ext {
@@ -59,7 +59,7 @@ Operands to_opmath(const AttentionInputs& in, at::ScalarType op) {
 template <typename F>
 void for_work_items(const at::Device& device, int64_t n, const F& fn) {
   if (device.is_cpu())
-    at::parallel_for(0, n, 1, fn);
+    parallel_for_items(0, n, 1, fn);
   else if (n > 0)
     fn(0, n);
 }

@@ -5,9 +5,11 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import translution_ext
+from conftest import requires_native
 
 PROBE = """
 import json, warnings
@@ -37,7 +39,7 @@ def run_probe(env_extra=None, cwd=None, pythonpath=None):
 BUILD_INFO_TYPES = {"native": bool, "load_error": (str, type(None)), "library": (str, type(None)), "torch_runtime": str,
                     "cuda_available": bool, "native_device_types": list, "fused_device_types": list}
 NATIVE_BUILD_INFO_TYPES = {"torch_version": str, "cpu": bool, "cuda": bool, "cuda_version": (str, type(None)),
-                           "cuda_archs": str}
+                           "cuda_archs": str, "cpu_parallel": bool}
 
 
 def test_build_info_is_json_with_the_documented_keys_and_types():
@@ -47,6 +49,15 @@ def test_build_info_is_json_with_the_documented_keys_and_types():
     for key, kind in expected.items():
         assert isinstance(info[key], kind), (key, info[key])
     assert (info["load_error"] is None) == info["native"] and (info["library"] is not None) == info["native"]
+
+
+@requires_native
+def test_cpu_kernels_are_built_with_torch_s_thread_pool():
+    # at::parallel_for is an inline OpenMP region: a library compiled without OpenMP runs every CPU kernel
+    # on one thread whatever torch.set_num_threads says (it did, until the build passed -fopenmp).
+    if not sys.platform.startswith("linux") or "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("the OpenMP build flag is set on Linux, where torch's thread pool is OpenMP")
+    assert translution_ext.build_info()["cpu_parallel"] is True
 
 
 def test_build_info_device_types_are_the_registered_kernels():

@@ -43,7 +43,9 @@ def info(device: str, dropout: float = 0.0) -> str:
     lines = [f"translution_ext {__version__}, torch {torch.__version__}",
              f"native library: {'loaded from ' + b['library'] if b['native'] else 'not loaded: ' + str(b['load_error'])}"]
     if b["native"]:
-        lines.append(f"built against torch {b['torch_version']}; CPU kernels: {b['cpu']}; CUDA kernels: {b['cuda']}"
+        threads = "on torch's thread pool" if b["cpu_parallel"] else "on one thread (built without OpenMP)"
+        lines.append(f"built against torch {b['torch_version']}; CPU kernels: {b['cpu']} ({threads}); "
+                     f"CUDA kernels: {b['cuda']}"
                      + (f" (CUDA {b['cuda_version']}, archs {b['cuda_archs']})" if b["cuda"] else ""))
     lines.append(f"CUDA device available: {torch.cuda.is_available()}"
                  + (f" (torch {torch.__version__} is a CPU-only build)" if torch.version.cuda is None else ""))

@@ -155,7 +155,8 @@ def build_info() -> dict[str, Any]:
 
     Keys: ``native`` (library loaded), ``load_error`` (why not, or None), ``library`` (its path),
     ``torch_runtime`` and, when loaded, ``torch_version`` (built against),
-    ``cpu``, ``cuda`` (CUDA kernels compiled), ``cuda_version``, ``cuda_archs``.
+    ``cpu``, ``cuda`` (CUDA kernels compiled), ``cuda_version``, ``cuda_archs`` and ``cpu_parallel``
+    (the CPU kernels were compiled with OpenMP, so they run on torch's thread pool; on one thread if not).
     """
     info: dict[str, Any] = {
         "native": LOAD_ERROR is None,

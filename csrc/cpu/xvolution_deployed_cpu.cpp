@@ -11,7 +11,6 @@
 // Half types compute in float and round once.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
@@ -19,6 +18,7 @@
 #include <atomic>
 #include <vector>
 
+#include "../parallel.h"
 #include "../xvolution_deployed.h"
 
 namespace translution_ext {
@@ -37,7 +37,7 @@ template <typename T>
 void fill_products(const T* x, const XvolutionDeployedGeometry& g, int64_t b0, int64_t b1, T* t,
                    int64_t image_stride) {
   const int64_t plane_size = g.H * g.W;
-  at::parallel_for(0, (b1 - b0) * g.S * g.C, 1, [&](int64_t first, int64_t last) {
+  parallel_for_items(0, (b1 - b0) * g.S * g.C, 1, [&](int64_t first, int64_t last) {
     for (int64_t item = first; item < last; ++item) {
       const int64_t c = item % g.C, s = (item / g.C) % g.S, b = b0 + item / (g.C * g.S);
       const int64_t dy = g.shifts[2 * s], dx = g.shifts[2 * s + 1];
@@ -150,7 +150,7 @@ void add_pssa_part_fused(const at::Tensor& x, const at::Tensor& w_t, const Xvolu
   // Items are taken from a shared counter, not split in advance: a thread that the OS delays (the cores are
   // often shared) leaves its items to the others instead of holding up the whole call.
   std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min(items, threads), 1, [&](int64_t, int64_t) {
+  parallel_for_items(0, std::min(items, threads), 1, [&](int64_t, int64_t) {
     std::vector<float> buffer(chunk * width);
     for (int64_t item = next++; item < items; item = next++) {
       const int64_t b0 = images > 1 ? item * images : item / blocks;
