@@ -7,7 +7,7 @@
 // them with one table row each — dense (B*P, C) x (C, D) GEMMs — into scores kept for
 // the block only, (B, H, rows, N); softmax and the log-sum-exp per row; then the
 // values are projected the same way and summed into the block's output rows.
-// Backward, per pair group (one work item each, so each table row's gradient has one
+// Backward, per pair group (each on one thread, so each table row's gradient has one
 // writer): q, k, v and the softmax weights are recomputed from the saved log-sum-exp
 // (the FlashAttention scheme), the per-pair gradients feed one GEMM per table row,
 // and the token gradients go to per-thread buffers summed in thread order.
@@ -26,12 +26,47 @@ namespace translution_ext {
 
 namespace {
 
-// Query rows per forward work item: large blocks make large GEMMs, but every thread
-// needs a block.  Rows are computed independently, so the result does not depend on it.
-int64_t rows_per_block(int64_t n, bool parallel) {
-  const int64_t threads = parallel ? std::max<int64_t>(1, at::get_num_threads()) : 1;
-  const int64_t even = (n + threads - 1) / threads;
-  return std::clamp<int64_t>((even + 15) / 16 * 16, 16, 128);
+int64_t cpu_threads(const at::Device& device) {
+  return device.is_cpu() ? std::max<int64_t>(1, at::get_num_threads()) : 1;
+}
+
+// Forward work items: blocks of query rows [starts[b], starts[b + 1]) with about equal pair counts
+// (a causal row i has i + 1 pairs), as many as a multiple of the threads, of about 128 rows at
+// most: equal row counts left one thread waiting (50 tokens on 2 threads: 32 + 18 rows).  Rows
+// are computed independently, so the result does not depend on the blocks.
+std::vector<int64_t> row_blocks(const PairGroups& groups, int64_t N, int64_t threads) {
+  std::vector<int64_t> pairs_before(N + 1, 0);  // pairs of the rows < r
+  for (const int64_t i : groups.pair_i) ++pairs_before[i + 1];
+  for (int64_t r = 0; r < N; ++r) pairs_before[r + 1] += pairs_before[r];
+  const int64_t wanted = (N + 127) / 128, blocks = std::min(N, (wanted + threads - 1) / threads * threads);
+  std::vector<int64_t> starts{0};
+  for (int64_t b = 1; b < blocks; ++b) {
+    const int64_t target = pairs_before[N] * b / blocks;
+    const int64_t r = std::lower_bound(pairs_before.begin(), pairs_before.end(), target) - pairs_before.begin();
+    if (r > starts.back() && r < N) starts.push_back(r);
+  }
+  starts.push_back(N);
+  return starts;
+}
+
+// Backward work: the pair groups of each thread, the largest first to the least loaded thread
+// (a fixed assignment for a given thread count, so the thread buffers sum in a fixed order), each
+// list in group order.  Contiguous ranges of groups left one thread with most of the pairs.
+std::vector<std::vector<int64_t>> group_lists(const PairGroups& groups, int64_t threads) {
+  const int64_t G = groups.num_groups();
+  std::vector<int64_t> order(G);
+  for (int64_t g = 0; g < G; ++g) order[g] = g;
+  auto size = [&](int64_t g) { return groups.group_begin[g + 1] - groups.group_begin[g]; };
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return size(a) > size(b); });
+  std::vector<std::vector<int64_t>> lists(std::min(threads, std::max<int64_t>(G, 1)));
+  std::vector<int64_t> load(lists.size(), 0);
+  for (const int64_t g : order) {
+    const size_t t = std::min_element(load.begin(), load.end()) - load.begin();
+    lists[t].push_back(g);
+    load[t] += size(g);
+  }
+  for (auto& list : lists) std::sort(list.begin(), list.end());
+  return lists;
 }
 using at::indexing::Slice;
 
@@ -55,7 +90,7 @@ Operands to_opmath(const AttentionInputs& in, at::ScalarType op) {
 }
 
 // Runs fn(first, last) over [0, n): in parallel on the CPU thread pool, in order elsewhere
-// (device work is queued on one stream).  Returns the number of work slots (threads).
+// (device work is queued on one stream).
 template <typename F>
 void for_work_items(const at::Device& device, int64_t n, const F& fn) {
   if (device.is_cpu())
@@ -64,8 +99,6 @@ void for_work_items(const at::Device& device, int64_t n, const F& fn) {
     fn(0, n);
 }
 
-int64_t work_slots(const at::Device& device) { return device.is_cpu() ? at::get_num_threads() : 1; }
-int64_t work_slot(const at::Device& device) { return device.is_cpu() ? at::get_thread_num() : 0; }
 
 // The role's per-head vectors for the pairs reading token rows `rows` of group g:
 // (B, P, H, ds + dr), the shared part first.
@@ -119,13 +152,13 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_aten(
   at::Tensor lse = at::empty({B, H, N}, opts);
   if (B == 0 || N == 0) return {out.to(dtype), lse};
   const at::Device device = key_index.device();
-  const int64_t kRows = rows_per_block(N, device.is_cpu());
-  const int64_t blocks = (N + kRows - 1) / kRows;
+  const std::vector<int64_t> starts = row_blocks(*plan.groups, N, cpu_threads(device));
+  const int64_t blocks = static_cast<int64_t>(starts.size()) - 1;
   const at::Tensor& pair_i = plan.groups->pair_i_on_device;
   const at::Tensor& pair_j = plan.groups->pair_j_on_device;
   for_work_items(device, blocks, [&](int64_t first, int64_t last) {
     for (int64_t blk = first; blk < last; ++blk) {
-      const int64_t i0 = blk * kRows, i1 = std::min(N, i0 + kRows), rows = i1 - i0;
+      const int64_t i0 = starts[blk], i1 = starts[blk + 1], rows = i1 - i0;
       // The block's pairs in every group: pair_i is sorted within a group.
       std::vector<std::array<int64_t, 3>> segments;  // group, begin, end
       for (int64_t g = 0; g < G; ++g) {
@@ -199,40 +232,44 @@ AttentionGrads attention_backward_aten(
   }
   // Per-thread token gradients: slots 0..2 the shared parts, 3..5 the sources.
   const at::Device device = key_index.device();
-  std::vector<std::array<at::Tensor, 6>> local(work_slots(device));
+  const std::vector<std::vector<int64_t>> lists = group_lists(*plan.groups, cpu_threads(device));
+  std::vector<std::array<at::Tensor, 6>> local(lists.size());
   const at::Tensor& pair_i = plan.groups->pair_i_on_device;
   const at::Tensor& pair_j = plan.groups->pair_j_on_device;
 
-  for_work_items(device, G, [&](int64_t first, int64_t last) {
-    auto& mine = local[work_slot(device)];
-    for (int r = 0; r < 3; ++r) {
-      if (o.shared[r].defined() && !mine[r].defined()) mine[r] = at::zeros_like(o.shared[r]);
-      if (o.source[r].defined() && !mine[3 + r].defined()) mine[3 + r] = at::zeros_like(o.source[r]);
-    }
-    for (int64_t g = first; g < last; ++g) {
-      const int64_t b = plan.groups->group_begin[g], e = plan.groups->group_begin[g + 1], P = e - b;
-      at::Tensor I = pair_i.slice(0, b, e), J = pair_j.slice(0, b, e);
-      at::Tensor qq = role_rows(o, plan, kQ, g, I), kk = role_rows(o, plan, kK, g, J);
-      at::Tensor vv = role_rows(o, plan, kV, g, J);
-      at::Tensor s = (qq * kk).sum(-1).mul_(in.scale);                                     // (B, P, H)
-      at::Tensor a = (s - L.index_select(2, I).permute({0, 2, 1})).exp_();                 // (B, P, H)
-      at::Tensor dOi = dO.index_select(1, I).view({B, P, H, dv});
-      at::Tensor ds = a * ((dOi * vv).sum(-1) - Drow.index_select(2, I).permute({0, 2, 1}));
-      ds.mul_(in.scale);
-      const std::array<at::Tensor, 3> grads = {ds.unsqueeze(-1) * kk, ds.unsqueeze(-1) * qq,
-                                               a.unsqueeze(-1) * dOi};  // (B, P, H, width)
+  for_work_items(device, static_cast<int64_t>(lists.size()), [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      auto& mine = local[t];
       for (int r = 0; r < 3; ++r) {
-        const at::Tensor& rows = r == kQ ? I : J;
-        const int64_t ds_r = plan.shared_dim[r], dr_r = plan.relative_dim[r];
-        if (o.shared[r].defined())
-          mine[r].index_add_(1, rows, grads[r].narrow(-1, 0, ds_r).reshape({B, P, H * ds_r}));
-        if (!o.table[r].defined()) continue;
-        const int64_t cls = plan.groups->group_class[r][g];
-        const at::Tensor flat = grads[r].narrow(-1, ds_r, dr_r).reshape({B * P, H * dr_r});
-        const at::Tensor src = o.source[r].index_select(1, rows).reshape({B * P, plan.source_dim[r]});
-        at::Tensor row = grad_table[r].select(0, cls);  // this group owns row cls
-        at::mm_out(row, src.t(), flat);
-        mine[3 + r].index_add_(1, rows, at::mm(flat, o.table[r].select(0, cls).t()).view({B, P, plan.source_dim[r]}));
+        if (o.shared[r].defined() && !mine[r].defined()) mine[r] = at::zeros_like(o.shared[r]);
+        if (o.source[r].defined() && !mine[3 + r].defined()) mine[3 + r] = at::zeros_like(o.source[r]);
+      }
+      for (const int64_t g : lists[t]) {
+        const int64_t b = plan.groups->group_begin[g], e = plan.groups->group_begin[g + 1], P = e - b;
+        at::Tensor I = pair_i.slice(0, b, e), J = pair_j.slice(0, b, e);
+        at::Tensor qq = role_rows(o, plan, kQ, g, I), kk = role_rows(o, plan, kK, g, J);
+        at::Tensor vv = role_rows(o, plan, kV, g, J);
+        at::Tensor s = (qq * kk).sum(-1).mul_(in.scale);                                     // (B, P, H)
+        at::Tensor a = (s - L.index_select(2, I).permute({0, 2, 1})).exp_();                 // (B, P, H)
+        at::Tensor dOi = dO.index_select(1, I).view({B, P, H, dv});
+        at::Tensor ds = a * ((dOi * vv).sum(-1) - Drow.index_select(2, I).permute({0, 2, 1}));
+        ds.mul_(in.scale);
+        const std::array<at::Tensor, 3> grads = {ds.unsqueeze(-1) * kk, ds.unsqueeze(-1) * qq,
+                                                 a.unsqueeze(-1) * dOi};  // (B, P, H, width)
+        for (int r = 0; r < 3; ++r) {
+          const at::Tensor& rows = r == kQ ? I : J;
+          const int64_t ds_r = plan.shared_dim[r], dr_r = plan.relative_dim[r];
+          if (o.shared[r].defined())
+            mine[r].index_add_(1, rows, grads[r].narrow(-1, 0, ds_r).reshape({B, P, H * ds_r}));
+          if (!o.table[r].defined()) continue;
+          const int64_t cls = plan.groups->group_class[r][g];
+          const at::Tensor flat = grads[r].narrow(-1, ds_r, dr_r).reshape({B * P, H * dr_r});
+          const at::Tensor src = o.source[r].index_select(1, rows).reshape({B * P, plan.source_dim[r]});
+          at::Tensor row = grad_table[r].select(0, cls);  // this group owns row cls
+          at::mm_out(row, src.t(), flat);
+          const at::Tensor grad_source = at::mm(flat, o.table[r].select(0, cls).t());
+          mine[3 + r].index_add_(1, rows, grad_source.view({B, P, plan.source_dim[r]}));
+        }
       }
     }
   });
