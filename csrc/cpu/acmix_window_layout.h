@@ -110,7 +110,7 @@ void softmax_u(const ShiftLayout& l, T* a, double scale) {
     for (int64_t u = 0; u < l.U; ++u) {
       T* e = base + u * l.Ho_row();
       for (int64_t x = 0; x < l.Wo; ++x) e[x] -= mx[x];
-      exp_runs(e, (l.Wo + kLanes - 1) / kLanes * kLanes);  // the run's tail is never read
+      exp_runs(l, e, (l.Wo + kLanes - 1) / kLanes * kLanes);  // the run's tail is never read
       for (int64_t x = 0; x < l.Wo; ++x) total[x] += e[x];
     }    for (int64_t x = 0; x < l.Wo; ++x) total[x] = T(1) / total[x];
     for (int64_t u = 0; u < l.U; ++u) {

@@ -12,12 +12,18 @@
 
 namespace translution_ext {
 
-constexpr int64_t kLanes = 8;  // output pixels per inner run (one AVX2 register of floats)
+constexpr int64_t kLanes = 16;  // output pixels per run (one AVX-512 register of floats): rows are padded to it
+
+// Builds of the products (ShiftLayout::isa): the best the CPU runs, or less where the
+// environment variable TRANSLUTION_EXT_CPU_ISA caps it (avx2, baseline: tests run every build).
+enum : int { kIsaBaseline = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
+int shift_isa();
 
 struct ShiftLayout {
   int64_t hd, ka, s, Ho, Wo, U;  // head dim, window, stride, output size, window²
   int64_t margin;                // (ka - 1) / stride: the largest shift, in phase columns
   int64_t Hp, cols, row;         // padded rows; key-side phase width; query-side row width
+  int isa;                       // the build of the products to run (shift_isa())
   int64_t Ho_row() const { return Ho * row; }
   int64_t key_plane() const { return Hp * s * cols; }  // one channel of a key-side map
 };
@@ -39,7 +45,7 @@ void shift_scatter(const ShiftLayout& l, const T* w, const T* x, T* out);
 
 // x = exp(x) for n values, n a multiple of kLanes: float by a vectorised polynomial (within
 // 2 ulp of std::exp), double by std::exp.
-void exp_runs(float* x, int64_t n);
-void exp_runs(double* x, int64_t n);
+void exp_runs(const ShiftLayout& l, float* x, int64_t n);
+void exp_runs(const ShiftLayout& l, double* x, int64_t n);
 
 }  // namespace translution_ext
