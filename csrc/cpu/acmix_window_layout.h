@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "../acmix_window_attention.h"
@@ -49,6 +50,8 @@ struct KeyPlan {
   std::vector<int64_t> row_src;  // (Hp): source row of padded row r
   std::vector<Run> runs;
   std::vector<int64_t> phase_cols;  // (stride): columns of each phase that some window reads
+  std::vector<Run> long_runs;       // the runs of 8 or more columns, copied as runs ...
+  std::vector<std::pair<int64_t, int64_t>> singles;  // ... and the other columns one by one: (dst, src)
   KeyPlan(const ShiftLayout& l, int64_t H, int64_t W) {
     const int64_t half = l.ka / 2, Wp = (l.Wo - 1) * l.s + l.ka;
     for (int64_t ph = 0; ph < l.s; ++ph) phase_cols.push_back((Wp - ph + l.s - 1) / l.s);
@@ -59,6 +62,12 @@ struct KeyPlan {
         ++runs.back().n;
       else
         runs.push_back({dst, src, 1});
+    }
+    for (const auto& run : runs) {
+      if (run.n >= 8)
+        long_runs.push_back(run);
+      else
+        for (int64_t i = 0; i < run.n; ++i) singles.emplace_back(run.dst + i, run.src + i);
     }
   }
 };
@@ -78,7 +87,8 @@ void to_key_side(const ShiftLayout& l, const KeyPlan& plan, const scalar_t* src,
       T* to = dst + d * l.key_plane() + r * l.s * l.cols;
       for (int64_t ph = 0; ph < l.s; ++ph)  // columns no window reads, past each phase's last
         std::fill(to + ph * l.cols + plan.phase_cols[ph], to + (ph + 1) * l.cols, T(0));
-      for (const auto& run : plan.runs) std::copy(row.data() + run.src, row.data() + run.src + run.n, to + run.dst);
+      for (const auto& run : plan.long_runs) std::copy(row.data() + run.src, row.data() + run.src + run.n, to + run.dst);
+      for (const auto& [to_at, from_at] : plan.singles) to[to_at] = row[from_at];
     }
 }
 
@@ -90,54 +100,13 @@ void from_key_side(const ShiftLayout& l, const KeyPlan& plan, const T* src, int6
     for (int64_t r = 0; r < l.Hp; ++r) {
       const T* from = src + d * l.key_plane() + r * l.s * l.cols;
       T* to = dst + (d * H + plan.row_src[r]) * W;
-      for (const auto& run : plan.runs)
-        for (int64_t i = 0; i < run.n; ++i) to[run.src + i] += from[run.dst + i];
+      for (const auto& run : plan.long_runs) {
+        T* __restrict__ t = to + run.src;
+        const T* __restrict__ f = from + run.dst;
+        for (int64_t i = 0; i < run.n; ++i) t[i] += f[i];
+      }
+      for (const auto& [from_at, to_at] : plan.singles) to[to_at] += from[from_at];
     }
-}
-
-// Softmax over u of the logits (U, Ho, row) times scale, in place, at the output pixels.
-template <typename T>
-void softmax_u(const ShiftLayout& l, T* a, double scale) {
-  std::vector<T> mx(l.Wo), total(l.Wo);
-  for (int64_t yo = 0; yo < l.Ho; ++yo) {
-    T* base = a + yo * l.row + l.margin;
-    std::fill(mx.begin(), mx.end(), -INFINITY);
-    std::fill(total.begin(), total.end(), T(0));
-    for (int64_t u = 0; u < l.U; ++u) {
-      T* e = base + u * l.Ho_row();
-      for (int64_t x = 0; x < l.Wo; ++x) mx[x] = std::max(mx[x], e[x] *= T(scale));
-    }
-    for (int64_t u = 0; u < l.U; ++u) {
-      T* e = base + u * l.Ho_row();
-      for (int64_t x = 0; x < l.Wo; ++x) e[x] -= mx[x];
-      exp_runs(l, e, (l.Wo + kLanes - 1) / kLanes * kLanes);  // the run's tail is never read
-      for (int64_t x = 0; x < l.Wo; ++x) total[x] += e[x];
-    }    for (int64_t x = 0; x < l.Wo; ++x) total[x] = T(1) / total[x];
-    for (int64_t u = 0; u < l.U; ++u) {
-      T* e = base + u * l.Ho_row();
-      for (int64_t x = 0; x < l.Wo; ++x) e[x] *= total[x];
-    }
-  }
-}
-
-// dA (U, Ho, row) -> dlogit = a·(dA − Σ_u a·dA)·scale in place, zero outside the output
-// pixels (shift_scatter reads the margins).
-template <typename T>
-void softmax_backward_u(const ShiftLayout& l, const T* a, T* da, double scale) {
-  std::vector<T> dot(l.Wo);
-  for (int64_t yo = 0; yo < l.Ho; ++yo) {
-    const int64_t at = yo * l.row + l.margin;
-    std::fill(dot.begin(), dot.end(), T(0));
-    for (int64_t u = 0; u < l.U; ++u)
-      for (int64_t x = 0; x < l.Wo; ++x) dot[x] += a[u * l.Ho_row() + at + x] * da[u * l.Ho_row() + at + x];
-    for (int64_t u = 0; u < l.U; ++u) {
-      T* d = da + u * l.Ho_row() + yo * l.row;
-      const T* w = a + u * l.Ho_row() + at;
-      std::fill(d, d + l.margin, T(0));
-      for (int64_t x = 0; x < l.Wo; ++x) d[l.margin + x] = w[x] * (d[l.margin + x] - dot[x]) * T(scale);
-      std::fill(d + l.margin + l.Wo, d + l.row, T(0));
-    }
-  }
 }
 
 }  // namespace translution_ext

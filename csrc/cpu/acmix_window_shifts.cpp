@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define TRANSLUTION_EXT_X86_BUILDS 1
@@ -115,32 +116,29 @@ inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a +
 
 // ---- shift_dot --------------------------------------------------------------------------
 
-// acc[i][j] = Σ_d x_i[d·xs] · y[d·ys + off[j]] for the n <= R rows of the tile (x_i: runs of
+// acc[i][j] = Σ_d x_i[d·xs] · y[d·ys + off[j]] for the R rows of the tile (x_i: runs of
 // x; y: key row r), then stored at out_i + j·os.
 template <typename T, int V, int R, int S>
-TRANSLUTION_EXT_INLINE void dot_tile(int64_t hd, int n, const T* const* xr, int64_t xs, const T* y, int64_t ys,
+TRANSLUTION_EXT_INLINE void dot_tile(int64_t hd, const T* const* xr, int64_t xs, const T* y, int64_t ys,
                                      const int64_t* off, T* const* outr, int64_t os) {
   using vec = typename Vec<T, V>::type;
   vec acc[R][S] = {};
   for (int64_t d = 0; d < hd; ++d) {
     vec xv[R];
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i)
-      if (i < n) xv[i] = load<T, V>(xr[i] + d * xs);
+    for (int i = 0; i < R; ++i) xv[i] = load<T, V>(xr[i] + d * xs);
     const T* yd = y + d * ys;
 #pragma GCC unroll 8
     for (int j = 0; j < S; ++j) {
       const vec yv = load<T, V>(yd + off[j]);
 #pragma GCC unroll 8
-      for (int i = 0; i < R; ++i)
-        if (i < n) acc[i][j] += xv[i] * yv;
+      for (int i = 0; i < R; ++i) acc[i][j] += xv[i] * yv;
     }
   }
 #pragma GCC unroll 8
   for (int i = 0; i < R; ++i)
-    if (i < n)
 #pragma GCC unroll 8
-      for (int j = 0; j < S; ++j) store<T, V>(outr[i] + j * os, acc[i][j]);
+    for (int j = 0; j < S; ++j) store<T, V>(outr[i] + j * os, acc[i][j]);
 }
 
 template <typename T, int V, int R, int S>
@@ -162,7 +160,18 @@ TRANSLUTION_EXT_INLINE void dot_shifts(const ShiftLayout& l, int64_t dv0, const 
           xr[i] = x + at;
           outr[i] = out + (du * l.ka + dv0) * l.Ho_row() + at;
         }
-        dot_tile<T, V, R, S>(l.hd, n, xr, l.Ho_row(), y + r * l.s * l.cols + x0, l.key_plane(), off, outr, l.Ho_row());
+        const T* yr = y + r * l.s * l.cols + x0;
+        switch (n) {  // n rows, as many accumulators
+#define TRANSLUTION_EXT_CASE(N) \
+  case N:                       \
+    if constexpr (N <= R) dot_tile<T, V, N, S>(l.hd, xr, l.Ho_row(), yr, l.key_plane(), off, outr, l.Ho_row()); \
+    break;
+          TRANSLUTION_EXT_CASE(1)
+          TRANSLUTION_EXT_CASE(2)
+          TRANSLUTION_EXT_CASE(3)
+          TRANSLUTION_EXT_CASE(4)
+#undef TRANSLUTION_EXT_CASE
+        }
       }
     }
   }
@@ -191,31 +200,55 @@ TRANSLUTION_EXT_INLINE void dot_body(const ShiftLayout& l, const T* x, const T* 
 
 // ---- shift_sum and shift_scatter --------------------------------------------------------
 
+// One source row t of the common tile below, for the tile rows LO..HI that t reaches.
+template <typename T, int V, int R, int DB, int LO, int HI, typename Geo>
+TRANSLUTION_EXT_INLINE void accumulate_row(typename Vec<T, V>::type (&acc)[R][DB], const Geo& geo, int64_t t,
+                                           const T* w, const T* y, int64_t ys) {
+  using vec = typename Vec<T, V>::type;
+  for (int64_t j = geo.j_lo; j < geo.j_hi; j += geo.j_step) {
+    vec wv[HI + 1];
+#pragma GCC unroll 8
+    for (int i = LO; i <= HI; ++i) wv[i] = load<T, V>(w + geo.w_at(t, i, j));
+    const int64_t y_at = geo.y_at(t, j);
+#pragma GCC unroll 8
+    for (int k = 0; k < DB; ++k) {
+      const vec yv = load<T, V>(y + k * ys + y_at);
+#pragma GCC unroll 8
+      for (int i = LO; i <= HI; ++i) acc[i][k] += wv[i] * yv;
+    }
+  }
+}
+
 // The common tile: acc[i][k] (i < n rows, k < DB channels) = Σ_t Σ_j w_i(t, j)[·] · y_k(t, j)[·]
 // over the source rows t in [t_lo, t_hi] and their window columns j; `geo` gives, for a source
 // row t, the tile rows it reaches and the offsets of the runs.
 template <typename T, int V, int R, int DB, typename Geo>
 TRANSLUTION_EXT_INLINE void accumulate_tile(const Geo& geo, int n, const T* w, const T* y, int64_t ys, T* out,
                                             int64_t os) {
+  static_assert(R <= 4, "accumulate_tile dispatches on up to 4 rows");
   using vec = typename Vec<T, V>::type;
   vec acc[R][DB] = {};
   for (int64_t t = geo.t_lo; t <= geo.t_hi; ++t) {
     int64_t lo, hi;
     geo.rows(t, lo, hi);  // tile rows lo..hi (within 0..n-1) that source row t reaches
-    for (int64_t j = geo.j_lo; j < geo.j_hi; j += geo.j_step) {
-      vec wv[R];
-      int64_t y_at;
-#pragma GCC unroll 8
-      for (int i = 0; i < R; ++i)
-        if (i >= lo && i <= hi) wv[i] = load<T, V>(w + geo.w_at(t, i, j));
-      y_at = geo.y_at(t, j);
-#pragma GCC unroll 8
-      for (int k = 0; k < DB; ++k) {
-        const vec yv = load<T, V>(y + k * ys + y_at);
-#pragma GCC unroll 8
-        for (int i = 0; i < R; ++i)
-          if (i >= lo && i <= hi) acc[i][k] += wv[i] * yv;
-      }
+    switch (lo * 4 + hi) {
+#define TRANSLUTION_EXT_CASE(LO, HI)                                                   \
+  case LO * 4 + HI:                                                                    \
+    if constexpr (HI < R) accumulate_row<T, V, R, DB, LO, HI>(acc, geo, t, w, y, ys); \
+    break;
+      TRANSLUTION_EXT_CASE(0, 0)
+      TRANSLUTION_EXT_CASE(0, 1)
+      TRANSLUTION_EXT_CASE(0, 2)
+      TRANSLUTION_EXT_CASE(0, 3)
+      TRANSLUTION_EXT_CASE(1, 1)
+      TRANSLUTION_EXT_CASE(1, 2)
+      TRANSLUTION_EXT_CASE(1, 3)
+      TRANSLUTION_EXT_CASE(2, 2)
+      TRANSLUTION_EXT_CASE(2, 3)
+      TRANSLUTION_EXT_CASE(3, 3)
+#undef TRANSLUTION_EXT_CASE
+      default:  // no tile row (lo > hi)
+        break;
     }
   }
 #pragma GCC unroll 8
@@ -349,10 +382,62 @@ TRANSLUTION_EXT_INLINE typename Vec<float, V>::type exp_lanes(typename Vec<float
   return p;
 }
 
-template <typename B>
-TRANSLUTION_EXT_INLINE void exp_body(float* x, int64_t n) {
-  constexpr int V = B::bytes / sizeof(float);
-  for (int64_t i = 0; i < n; i += V) store<float, V>(x + i, exp_lanes<V>(load<float, V>(x + i)));
+template <typename T, int V>
+TRANSLUTION_EXT_INLINE typename Vec<T, V>::type exp_vec(typename Vec<T, V>::type x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return exp_lanes<V>(x);
+  } else {
+    for (int i = 0; i < V; ++i) x[i] = std::exp(x[i]);
+    return x;
+  }
+}
+
+// The softmax steps, a run of V output pixels at a time (the sums over u in order).
+template <typename T, typename B>
+TRANSLUTION_EXT_INLINE void softmax_body(const ShiftLayout& l, T* a, double scale_d) {
+  constexpr int V = B::bytes / sizeof(T);
+  using vec = typename Vec<T, V>::type;
+  const T scale = static_cast<T>(scale_d);
+  for (int64_t yo = 0; yo < l.Ho; ++yo)
+    for (int64_t x0 = 0; x0 < l.Wo; x0 += V) {
+      T* base = a + yo * l.row + l.margin + x0;
+      vec mx = load<T, V>(base) * scale;
+      for (int64_t u = 1; u < l.U; ++u) {
+        const vec e = load<T, V>(base + u * l.Ho_row()) * scale;
+        mx = e > mx ? e : mx;
+      }
+      vec total = {};
+      for (int64_t u = 0; u < l.U; ++u) {
+        const vec e = exp_vec<T, V>(load<T, V>(base + u * l.Ho_row()) * scale - mx);
+        total += e;
+        store<T, V>(base + u * l.Ho_row(), e);
+      }
+      const vec inv = T(1) / total;
+      for (int64_t u = 0; u < l.U; ++u) store<T, V>(base + u * l.Ho_row(), load<T, V>(base + u * l.Ho_row()) * inv);
+    }
+}
+
+template <typename T, typename B>
+TRANSLUTION_EXT_INLINE void softmax_backward_body(const ShiftLayout& l, const T* a, T* da, double scale_d) {
+  constexpr int V = B::bytes / sizeof(T);
+  using vec = typename Vec<T, V>::type;
+  const T scale = static_cast<T>(scale_d);
+  for (int64_t yo = 0; yo < l.Ho; ++yo) {
+    for (int64_t x0 = 0; x0 < l.Wo; x0 += V) {
+      const int64_t at = yo * l.row + l.margin + x0;
+      vec dot = {};
+      for (int64_t u = 0; u < l.U; ++u) dot += load<T, V>(a + u * l.Ho_row() + at) * load<T, V>(da + u * l.Ho_row() + at);
+      for (int64_t u = 0; u < l.U; ++u) {
+        T* d = da + u * l.Ho_row() + at;
+        store<T, V>(d, load<T, V>(a + u * l.Ho_row() + at) * (load<T, V>(d) - dot) * scale);
+      }
+    }
+    for (int64_t u = 0; u < l.U; ++u) {  // the margins and the runs' padding lanes
+      T* d = da + u * l.Ho_row() + yo * l.row;
+      std::fill(d, d + l.margin, T(0));
+      std::fill(d + l.margin + l.Wo, d + l.row, T(0));
+    }
+  }
 }
 
 using Avx512 = Build<64, 32>;
@@ -363,7 +448,14 @@ using Baseline = Build<16, 16>;
 
 // One entry point per build and product; shift_dot<T> etc. pick one by l.isa.
 #define TRANSLUTION_EXT_ENTRIES(ATTR, B, NAME)                                                    \
-  ATTR void NAME##_exp(float* x, int64_t n) { exp_body<B>(x, n); }                              \
+  template <typename T>                                                                         \
+  ATTR void NAME##_softmax(const ShiftLayout& l, T* a, double scale) {                          \
+    softmax_body<T, B>(l, a, scale);                                                            \
+  }                                                                                             \
+  template <typename T>                                                                         \
+  ATTR void NAME##_softmax_backward(const ShiftLayout& l, const T* a, T* da, double scale) {    \
+    softmax_backward_body<T, B>(l, a, da, scale);                                               \
+  }                                                                                             \
   template <typename T>                                                                         \
   ATTR void NAME##_dot(const ShiftLayout& l, const T* x, const T* y, T* out) {                  \
     dot_body<T, B>(l, x, y, out);                                                               \
@@ -400,10 +492,13 @@ TRANSLUTION_EXT_ENTRIES(, Baseline, baseline)
 #define TRANSLUTION_EXT_PICK(l, name, ...) return baseline_##name(__VA_ARGS__);
 #endif
 
-void exp_runs(const ShiftLayout& l, float* x, int64_t n) { TRANSLUTION_EXT_PICK(l, exp, x, n) }
-
-void exp_runs(const ShiftLayout&, double* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+template <typename T>
+void softmax_u(const ShiftLayout& l, T* a, double scale) {
+  TRANSLUTION_EXT_PICK(l, softmax, l, a, scale)
+}
+template <typename T>
+void softmax_backward_u(const ShiftLayout& l, const T* a, T* da, double scale) {
+  TRANSLUTION_EXT_PICK(l, softmax_backward, l, a, da, scale)
 }
 
 template <typename T>
@@ -420,6 +515,10 @@ void shift_scatter(const ShiftLayout& l, const T* w, const T* x, T* out) {
 }
 #undef TRANSLUTION_EXT_PICK
 
+template void softmax_u<float>(const ShiftLayout&, float*, double);
+template void softmax_u<double>(const ShiftLayout&, double*, double);
+template void softmax_backward_u<float>(const ShiftLayout&, const float*, float*, double);
+template void softmax_backward_u<double>(const ShiftLayout&, const double*, double*, double);
 template void shift_dot<float>(const ShiftLayout&, const float*, const float*, float*);
 template void shift_dot<double>(const ShiftLayout&, const double*, const double*, double*);
 template void shift_sum<float>(const ShiftLayout&, const float*, const float*, float*);

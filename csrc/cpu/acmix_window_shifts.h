@@ -43,9 +43,14 @@ void shift_sum(const ShiftLayout& l, const T* w, const T* y, T* out);
 template <typename T>
 void shift_scatter(const ShiftLayout& l, const T* w, const T* x, T* out);
 
-// x = exp(x) for n values, n a multiple of kLanes: float by a vectorised polynomial (within
-// 2 ulp of std::exp), double by std::exp.
-void exp_runs(const ShiftLayout& l, float* x, int64_t n);
-void exp_runs(const ShiftLayout& l, double* x, int64_t n);
+// Softmax over u of the logits (U, Ho, row) times scale, in place, at the output pixels (the
+// runs' padding lanes get arbitrary values).
+template <typename T>
+void softmax_u(const ShiftLayout& l, T* a, double scale);
+
+// dA (U, Ho, row) -> dlogit = a·(dA − Σ_u a·dA)·scale in place, zero outside the output
+// pixels (shift_scatter reads the margins); a is zero outside them.
+template <typename T>
+void softmax_backward_u(const ShiftLayout& l, const T* a, T* da, double scale);
 
 }  // namespace translution_ext
