@@ -112,6 +112,19 @@ struct Build {
   static constexpr int channels = Regs >= 32 ? 6 : 5;
 };
 
+// Runs of V pixels over [0, n), the last one of V / 2 where that covers the rest: f<W>(x0).
+template <int V, typename F>
+TRANSLUTION_EXT_INLINE void pixel_runs(int64_t n, const F& f) {
+  int64_t x0 = 0;
+  for (; x0 + V / 2 < n; x0 += V) f.template operator()<V>(x0);
+  if (x0 < n) {
+    if constexpr (V >= 4)
+      f.template operator()<V / 2>(x0);
+    else
+      f.template operator()<V>(x0);
+  }
+}
+
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 // ---- shift_dot --------------------------------------------------------------------------
@@ -152,7 +165,7 @@ TRANSLUTION_EXT_INLINE void dot_shifts(const ShiftLayout& l, int64_t dv0, const 
       const int64_t lo = std::max<int64_t>(yo0, floor_div(r - l.ka, l.s) + 1), hi = std::min(yo0 + nr - 1, r / l.s);
       if (lo > hi) continue;
       const int n = static_cast<int>(hi - lo + 1);
-      for (int64_t x0 = 0; x0 < l.Wo; x0 += V) {
+      pixel_runs<V>(l.Wo, [&]<int W>(int64_t x0) __attribute__((always_inline)) {
         const T* xr[R];
         T* outr[R];
         for (int i = 0; i < n; ++i) {
@@ -164,7 +177,7 @@ TRANSLUTION_EXT_INLINE void dot_shifts(const ShiftLayout& l, int64_t dv0, const 
         switch (n) {  // n rows, as many accumulators
 #define TRANSLUTION_EXT_CASE(N) \
   case N:                       \
-    if constexpr (N <= R) dot_tile<T, V, N, S>(l.hd, xr, l.Ho_row(), yr, l.key_plane(), off, outr, l.Ho_row()); \
+    if constexpr (N <= R) dot_tile<T, W, N, S>(l.hd, xr, l.Ho_row(), yr, l.key_plane(), off, outr, l.Ho_row()); \
     break;
           TRANSLUTION_EXT_CASE(1)
           TRANSLUTION_EXT_CASE(2)
@@ -172,7 +185,7 @@ TRANSLUTION_EXT_INLINE void dot_shifts(const ShiftLayout& l, int64_t dv0, const 
           TRANSLUTION_EXT_CASE(4)
 #undef TRANSLUTION_EXT_CASE
         }
-      }
+      });
     }
   }
 }
@@ -330,9 +343,10 @@ TRANSLUTION_EXT_INLINE void sum_body(const ShiftLayout& l, const T* w, const T* 
   constexpr int V = B::bytes / sizeof(T), R = B::rows;
   for (int64_t yo0 = 0; yo0 < l.Ho; yo0 += R) {
     const int64_t n = std::min<int64_t>(R, l.Ho - yo0);
-    for (int64_t x0 = 0; x0 < l.Wo; x0 += V)
-      channel_tiles<T, V, R, B::channels>(l, SumGeo(l, yo0, n, x0), static_cast<int>(n), w, y, l.key_plane(), out,
+    pixel_runs<V>(l.Wo, [&]<int W>(int64_t x0) __attribute__((always_inline)) {
+      channel_tiles<T, W, R, B::channels>(l, SumGeo(l, yo0, n, x0), static_cast<int>(n), w, y, l.key_plane(), out,
                                           l.Ho_row());
+    });
   }
 }
 
@@ -341,16 +355,19 @@ TRANSLUTION_EXT_INLINE void scatter_body(const ShiftLayout& l, const T* w, const
   constexpr int V = B::bytes / sizeof(T), R = B::rows;
   for (int64_t r0 = 0; r0 < l.Hp; r0 += R) {
     const int64_t n = std::min<int64_t>(R, l.Hp - r0);
-    for (int64_t ph = 0; ph < l.s; ++ph)
-      for (int64_t c0 = 0; c0 < l.cols; c0 += V) {
+    for (int64_t ph = 0; ph < l.s; ++ph) {
+      // The columns of phase ph that some window reads (the rest of the row is left as it is).
+      const int64_t used = ((l.Wo - 1) * l.s + l.ka - ph + l.s - 1) / l.s;
+      pixel_runs<V>(used, [&]<int W>(int64_t c0) __attribute__((always_inline)) {
         const ScatterGeo geo(l, r0, n, ph, c0);
         if (geo.t_lo > geo.t_hi) {  // rows no window reaches (none for valid layouts)
           for (int64_t d = 0; d < l.hd; ++d)
-            for (int64_t i = 0; i < n; ++i) std::fill_n(out + d * l.key_plane() + geo.out_at(i), V, T(0));
-          continue;
+            for (int64_t i = 0; i < n; ++i) std::fill_n(out + d * l.key_plane() + geo.out_at(i), W, T(0));
+          return;
         }
-        channel_tiles<T, V, R, B::channels>(l, geo, static_cast<int>(n), w, x, l.Ho_row(), out, l.key_plane());
-      }
+        channel_tiles<T, W, R, B::channels>(l, geo, static_cast<int>(n), w, x, l.Ho_row(), out, l.key_plane());
+      });
+    }
   }
 }
 

@@ -39,7 +39,8 @@ template <typename T>
 void shift_sum(const ShiftLayout& l, const T* w, const T* y, T* out);
 
 // out[d] = Σ_u (w[u] · x[d]) shifted back by u onto the padded key map (dk from dlogit and q;
-// dv from a and dO).  w and x must be zero outside the output pixels.
+// dv from a and dO).  w and x must be zero outside the output pixels; the key-side columns that
+// no window reads are left as they are.
 template <typename T>
 void shift_scatter(const ShiftLayout& l, const T* w, const T* x, T* out);
 
