@@ -13,24 +13,29 @@
 
 namespace translution_ext {
 
+// Copies that run row by row write their short rows with inline loops (no library call per row).
+#define TRANSLUTION_EXT_ROW_COPIES __attribute__((optimize("no-tree-loop-distribute-patterns")))
+
 // Channel-major (channels, Hi, Wi) -> query side (channels, Ho, row): pixel (yo·step, xo·step).
+// Writes the output pixels only: dst's margins must be zero (a buffer zeroed once keeps them so).
 template <typename scalar_t, typename T>
-void to_query_side(const ShiftLayout& l, const scalar_t* src, int64_t channels, int64_t Hi, int64_t Wi, int64_t step,
-                   T* dst) {
+TRANSLUTION_EXT_ROW_COPIES void to_query_side(const ShiftLayout& l, const scalar_t* src, int64_t channels, int64_t Hi,
+                                              int64_t Wi, int64_t step, T* dst) {
   for (int64_t c = 0; c < channels; ++c)
     for (int64_t yo = 0; yo < l.Ho; ++yo) {
-      const scalar_t* s = src + (c * Hi + yo * step) * Wi;
-      T* d = dst + c * l.Ho_row() + yo * l.row;
-      std::fill(d, d + l.margin, T(0));
-      for (int64_t xo = 0; xo < l.Wo; ++xo) d[l.margin + xo] = T(s[xo * step]);
-      std::fill(d + l.margin + l.Wo, d + l.row, T(0));
+      const scalar_t* __restrict__ s = src + (c * Hi + yo * step) * Wi;
+      T* __restrict__ d = dst + c * l.Ho_row() + yo * l.row + l.margin;
+      if (step == 1)
+        for (int64_t xo = 0; xo < l.Wo; ++xo) d[xo] = T(s[xo]);
+      else
+        for (int64_t xo = 0; xo < l.Wo; ++xo) d[xo] = T(s[xo * step]);
     }
 }
 
 // The reverse for the output pixels: dst (channels, Ho, Wo), or every step-th pixel of
 // (channels, Hi, Wi) with the pixels between left as they are.
 template <typename T, typename out_t>
-void from_query_side(const ShiftLayout& l, const T* src, int64_t channels, int64_t Hi, int64_t Wi, int64_t step,
+TRANSLUTION_EXT_ROW_COPIES void from_query_side(const ShiftLayout& l, const T* src, int64_t channels, int64_t Hi, int64_t Wi, int64_t step,
                      out_t* dst) {
   for (int64_t c = 0; c < channels; ++c)
     for (int64_t yo = 0; yo < l.Ho; ++yo) {
@@ -72,29 +77,34 @@ struct KeyPlan {
   }
 };
 
-// (hd, H, W) minus `sub` when given -> the padded key side (hd, Hp, stride, cols).
+// (hd, H, W) minus `sub` when given -> the padded key side (hd, Hp, stride, cols).  Writes the
+// columns some window reads only: the others must be zero (a buffer zeroed once keeps them so).
 template <typename scalar_t, typename T>
-void to_key_side(const ShiftLayout& l, const KeyPlan& plan, const scalar_t* src, const scalar_t* sub, int64_t H,
-                 int64_t W, T* dst) {
-  std::vector<T> row(W);  // one source row in T, then copied run by run
+TRANSLUTION_EXT_ROW_COPIES void to_key_side(const ShiftLayout& l, const KeyPlan& plan, const scalar_t* src,
+                                            const scalar_t* sub, int64_t H, int64_t W, T* dst) {
   for (int64_t d = 0; d < l.hd; ++d)
     for (int64_t r = 0; r < l.Hp; ++r) {
       const int64_t from = (d * H + plan.row_src[r]) * W;
-      if (sub)
-        for (int64_t x = 0; x < W; ++x) row[x] = T(src[from + x]) - T(sub[from + x]);
+      const scalar_t* __restrict__ a = src + from;
+      const scalar_t* __restrict__ b = sub ? sub + from : nullptr;
+      T* __restrict__ to = dst + d * l.key_plane() + r * l.s * l.cols;
+      for (const auto& run : plan.long_runs) {
+        T* __restrict__ t = to + run.dst;
+        if (b)
+          for (int64_t i = 0; i < run.n; ++i) t[i] = T(a[run.src + i]) - T(b[run.src + i]);
+        else
+          for (int64_t i = 0; i < run.n; ++i) t[i] = T(a[run.src + i]);
+      }
+      if (b)
+        for (const auto& [to_at, from_at] : plan.singles) to[to_at] = T(a[from_at]) - T(b[from_at]);
       else
-        for (int64_t x = 0; x < W; ++x) row[x] = T(src[from + x]);
-      T* to = dst + d * l.key_plane() + r * l.s * l.cols;
-      for (int64_t ph = 0; ph < l.s; ++ph)  // columns no window reads, past each phase's last
-        std::fill(to + ph * l.cols + plan.phase_cols[ph], to + (ph + 1) * l.cols, T(0));
-      for (const auto& run : plan.long_runs) std::copy(row.data() + run.src, row.data() + run.src + run.n, to + run.dst);
-      for (const auto& [to_at, from_at] : plan.singles) to[to_at] = row[from_at];
+        for (const auto& [to_at, from_at] : plan.singles) to[to_at] = T(a[from_at]);
     }
 }
 
 // The adjoint: dst (hd, H, W) = the padded key side folded back (reflected pixels add up).
 template <typename T>
-void from_key_side(const ShiftLayout& l, const KeyPlan& plan, const T* src, int64_t H, int64_t W, T* dst) {
+TRANSLUTION_EXT_ROW_COPIES void from_key_side(const ShiftLayout& l, const KeyPlan& plan, const T* src, int64_t H, int64_t W, T* dst) {
   std::fill(dst, dst + l.hd * H * W, T(0));
   for (int64_t d = 0; d < l.hd; ++d)
     for (int64_t r = 0; r < l.Hp; ++r) {
@@ -108,5 +118,7 @@ void from_key_side(const ShiftLayout& l, const KeyPlan& plan, const T* src, int6
       for (const auto& [from_at, to_at] : plan.singles) to[to_at] += from[from_at];
     }
 }
+
+#undef TRANSLUTION_EXT_ROW_COPIES
 
 }  // namespace translution_ext
