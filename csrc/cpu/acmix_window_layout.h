@@ -57,7 +57,9 @@ struct KeyPlan {
   std::vector<int64_t> phase_cols;  // (stride): columns of each phase that some window reads
   std::vector<Run> long_runs;       // the runs of 8 or more columns, copied as runs ...
   std::vector<std::pair<int64_t, int64_t>> singles;  // ... and the other columns one by one: (dst, src)
-  KeyPlan(const ShiftLayout& l, int64_t H, int64_t W) {
+  std::vector<std::vector<int64_t>> rows_of;  // (H): the padded rows that reflect source row h, in order
+  bool run_covers_row;                        // one long run covers every source column
+  KeyPlan(const ShiftLayout& l, int64_t H, int64_t W) : rows_of(H) {
     const int64_t half = l.ka / 2, Wp = (l.Wo - 1) * l.s + l.ka;
     for (int64_t ph = 0; ph < l.s; ++ph) phase_cols.push_back((Wp - ph + l.s - 1) / l.s);
     for (int64_t r = 0; r < l.Hp; ++r) row_src.push_back(reflect(r - half, H));
@@ -74,6 +76,8 @@ struct KeyPlan {
       else
         for (int64_t i = 0; i < run.n; ++i) singles.emplace_back(run.dst + i, run.src + i);
     }
+    run_covers_row = long_runs.size() == 1 && long_runs[0].src == 0 && long_runs[0].n == W;
+    for (int64_t r = 0; r < l.Hp; ++r) rows_of[row_src[r]].push_back(r);
   }
 };
 
@@ -102,20 +106,30 @@ TRANSLUTION_EXT_ROW_COPIES void to_key_side(const ShiftLayout& l, const KeyPlan&
     }
 }
 
-// The adjoint: dst (hd, H, W) = the padded key side folded back (reflected pixels add up).
+// The adjoint: dst (hd, H, W) = the padded key side folded back (reflected pixels add up, in
+// the order of the padded rows, each row's long runs before its single columns).
 template <typename T>
-TRANSLUTION_EXT_ROW_COPIES void from_key_side(const ShiftLayout& l, const KeyPlan& plan, const T* src, int64_t H, int64_t W, T* dst) {
-  std::fill(dst, dst + l.hd * H * W, T(0));
+TRANSLUTION_EXT_ROW_COPIES void from_key_side(const ShiftLayout& l, const KeyPlan& plan, const T* src, int64_t H,
+                                              int64_t W, T* dst) {
   for (int64_t d = 0; d < l.hd; ++d)
-    for (int64_t r = 0; r < l.Hp; ++r) {
-      const T* from = src + d * l.key_plane() + r * l.s * l.cols;
-      T* to = dst + (d * H + plan.row_src[r]) * W;
-      for (const auto& run : plan.long_runs) {
-        T* __restrict__ t = to + run.src;
-        const T* __restrict__ f = from + run.dst;
-        for (int64_t i = 0; i < run.n; ++i) t[i] += f[i];
+    for (int64_t h = 0; h < H; ++h) {
+      T* __restrict__ to = dst + (d * H + h) * W;
+      bool first = true;  // the first padded row writes the source row, the others add to it
+      if (!plan.run_covers_row || plan.rows_of[h].empty())
+        for (int64_t x = 0; x < W; ++x) to[x] = T(0);
+      for (const int64_t r : plan.rows_of[h]) {
+        const T* __restrict__ from = src + d * l.key_plane() + r * l.s * l.cols;
+        for (const auto& run : plan.long_runs) {
+          T* __restrict__ t = to + run.src;
+          const T* __restrict__ f = from + run.dst;
+          if (first && plan.run_covers_row)
+            for (int64_t i = 0; i < run.n; ++i) t[i] = f[i];
+          else
+            for (int64_t i = 0; i < run.n; ++i) t[i] += f[i];
+        }
+        for (const auto& [from_at, to_at] : plan.singles) to[to_at] += from[from_at];
+        first = false;
       }
-      for (const auto& [from_at, to_at] : plan.singles) to[to_at] += from[from_at];
     }
 }
 
