@@ -4,8 +4,9 @@
 // zeros elsewhere.  Key-side maps (hd, Hp, stride, cols) hold the reflection-padded map
 // split into stride phases: padded pixel (r, c) at [r][c % stride][c / stride], so that the
 // window position (du, dv) of the output pixels xo .. xo + L - 1 is one contiguous run
-// [yo·stride + du][dv % stride][xo + dv / stride ..].  Every product then walks whole runs
-// of kLanes pixels with no gathers, and every FLOP is a useful one.
+// [yo·stride + du][dv % stride][xo + dv / stride ..].  Every product then walks whole vector
+// runs of pixels with no gathers; the only FLOPs that are not useful ones are those of the
+// padding lanes of each row's last run (rows are padded to kLanes pixels).
 #pragma once
 
 #include <cstdint>
