@@ -155,3 +155,38 @@ def test_more_pixels_than_one_thread_block_match_the_spec_loops(device):
     expected = spec.acmix_window_attention(q, k, v, pe, 2, 3, 1)
     torch.testing.assert_close(acmix_window_attention(*(t.to(device) for t in (q, k, v, pe)), 2, 3, 1).cpu(),
                                expected, atol=1e-12, rtol=1e-10)
+
+
+# Shapes whose pixel rows, output rows and channels are not multiples of the CPU kernel's vector
+# (16 floats), row (4) and channel (6, 5) blocks, for every window and stride.
+ISA_CASES = [  # (heads, hd, H, W, window, stride)
+    (1, 5, 17, 19, 7, 1),
+    (2, 7, 9, 33, 5, 2),
+    (1, 13, 11, 16, 3, 3),
+    (2, 3, 6, 5, 7, 3),
+    (1, 64, 14, 14, 7, 1),
+    (1, 6, 7, 41, 9, 1),  # wider than one shift_dot tile of window columns
+]
+
+
+@requires_native
+@pytest.mark.parametrize("isa", ["best", "avx2", "baseline"])
+@pytest.mark.parametrize("heads,hd,h,w,window,stride", ISA_CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_builds_match_the_reference(monkeypatch, isa, heads, hd, h, w, window, stride, dtype):
+    """Every build of the CPU products (AVX-512, AVX2, baseline; TRANSLUTION_EXT_CPU_ISA caps the
+    one picked), against the float64 reference: output and the four gradients."""
+    if isa != "best":
+        monkeypatch.setenv("TRANSLUTION_EXT_CPU_ISA", isa)
+    q, k, v, pe = op_inputs(b=2, heads=heads, hd=hd, h=h, w=w, seed=11)
+    exact_in = [t.clone().requires_grad_() for t in (q, k, v, pe)]
+    ours_in = [t.to(dtype).requires_grad_() for t in (q, k, v, pe)]
+    exact = acmix_window_attention_reference(*exact_in, heads, window, stride)
+    out = acmix_window_attention(*ours_in, heads, window, stride)
+    tol = dict(atol=1e-12, rtol=1e-10) if dtype == torch.float64 else dict(atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out.double(), exact.detach(), **tol)
+    grad = torch.randn(exact.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    exact.backward(grad)
+    out.backward(grad.to(dtype))
+    for name, a, b in zip("q k v pe".split(), ours_in, exact_in):
+        torch.testing.assert_close(a.grad.double(), b.grad, **tol, msg=name)

@@ -19,14 +19,14 @@ namespace translution_ext {
 
 namespace {
 
-struct Plane {  // one thread's working maps for one plane at a time
+struct Plane {  // one thread's working maps for one plane at a time, zeroed once (see to_query_side, to_key_side)
   at::Tensor qs, ws, ms;  // query side: q (or dO) (hd, ...); a (U, ...); output (or dq) (hd, ...)
   at::Tensor dls;         // query side (U, ...): dlogit
   at::Tensor ks, vs;      // key side (hd, ...): k − pe, v; their gradients
   Plane(const ShiftLayout& l, at::TensorOptions o, bool backward)
-      : qs(at::empty({l.hd * l.Ho_row()}, o)), ws(at::empty({l.U * l.Ho_row()}, o)), ms(at::empty_like(qs)),
-        dls(backward ? at::empty_like(ws) : at::Tensor()), ks(at::empty({l.hd * l.key_plane()}, o)),
-        vs(at::empty_like(ks)) {}
+      : qs(at::zeros({l.hd * l.Ho_row()}, o)), ws(at::zeros({l.U * l.Ho_row()}, o)), ms(at::zeros_like(qs)),
+        dls(backward ? at::zeros_like(ws) : at::Tensor()), ks(at::zeros({l.hd * l.key_plane()}, o)),
+        vs(at::zeros_like(ks)) {}
 };
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
@@ -85,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const scalar_t *pp = pe.data_ptr<scalar_t>(), *gp = go.data_ptr<scalar_t>();
     parallel_for_items(0, planes, 1, [&](int64_t first, int64_t last) {
       Plane w(l, q.options().dtype(acc_type), true);
-      at::Tensor gos = at::empty_like(w.qs);  // dO on the query side
+      at::Tensor gos = at::zeros_like(w.qs);  // dO on the query side
       T *qs = w.qs.data_ptr<T>(), *as = w.ws.data_ptr<T>(), *ms = w.ms.data_ptr<T>(), *dls = w.dls.data_ptr<T>();
       T *ks = w.ks.data_ptr<T>(), *vs = w.vs.data_ptr<T>(), *gs = gos.data_ptr<T>();
       for (int64_t p = first; p < last; ++p) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "../acmix_window_attention.h"
@@ -12,24 +13,29 @@
 
 namespace translution_ext {
 
+// Copies that run row by row write their short rows with inline loops (no library call per row).
+#define TRANSLUTION_EXT_ROW_COPIES __attribute__((optimize("no-tree-loop-distribute-patterns")))
+
 // Channel-major (channels, Hi, Wi) -> query side (channels, Ho, row): pixel (yo·step, xo·step).
+// Writes the output pixels only: dst's margins must be zero (a buffer zeroed once keeps them so).
 template <typename scalar_t, typename T>
-void to_query_side(const ShiftLayout& l, const scalar_t* src, int64_t channels, int64_t Hi, int64_t Wi, int64_t step,
-                   T* dst) {
+TRANSLUTION_EXT_ROW_COPIES void to_query_side(const ShiftLayout& l, const scalar_t* src, int64_t channels, int64_t Hi,
+                                              int64_t Wi, int64_t step, T* dst) {
   for (int64_t c = 0; c < channels; ++c)
     for (int64_t yo = 0; yo < l.Ho; ++yo) {
-      const scalar_t* s = src + (c * Hi + yo * step) * Wi;
-      T* d = dst + c * l.Ho_row() + yo * l.row;
-      std::fill(d, d + l.margin, T(0));
-      for (int64_t xo = 0; xo < l.Wo; ++xo) d[l.margin + xo] = T(s[xo * step]);
-      std::fill(d + l.margin + l.Wo, d + l.row, T(0));
+      const scalar_t* __restrict__ s = src + (c * Hi + yo * step) * Wi;
+      T* __restrict__ d = dst + c * l.Ho_row() + yo * l.row + l.margin;
+      if (step == 1)
+        for (int64_t xo = 0; xo < l.Wo; ++xo) d[xo] = T(s[xo]);
+      else
+        for (int64_t xo = 0; xo < l.Wo; ++xo) d[xo] = T(s[xo * step]);
     }
 }
 
 // The reverse for the output pixels: dst (channels, Ho, Wo), or every step-th pixel of
 // (channels, Hi, Wi) with the pixels between left as they are.
 template <typename T, typename out_t>
-void from_query_side(const ShiftLayout& l, const T* src, int64_t channels, int64_t Hi, int64_t Wi, int64_t step,
+TRANSLUTION_EXT_ROW_COPIES void from_query_side(const ShiftLayout& l, const T* src, int64_t channels, int64_t Hi, int64_t Wi, int64_t step,
                      out_t* dst) {
   for (int64_t c = 0; c < channels; ++c)
     for (int64_t yo = 0; yo < l.Ho; ++yo) {
@@ -49,7 +55,11 @@ struct KeyPlan {
   std::vector<int64_t> row_src;  // (Hp): source row of padded row r
   std::vector<Run> runs;
   std::vector<int64_t> phase_cols;  // (stride): columns of each phase that some window reads
-  KeyPlan(const ShiftLayout& l, int64_t H, int64_t W) {
+  std::vector<Run> long_runs;       // the runs of 8 or more columns, copied as runs ...
+  std::vector<std::pair<int64_t, int64_t>> singles;  // ... and the other columns one by one: (dst, src)
+  std::vector<std::vector<int64_t>> rows_of;  // (H): the padded rows that reflect source row h, in order
+  bool run_covers_row;                        // one long run covers every source column
+  KeyPlan(const ShiftLayout& l, int64_t H, int64_t W) : rows_of(H) {
     const int64_t half = l.ka / 2, Wp = (l.Wo - 1) * l.s + l.ka;
     for (int64_t ph = 0; ph < l.s; ++ph) phase_cols.push_back((Wp - ph + l.s - 1) / l.s);
     for (int64_t r = 0; r < l.Hp; ++r) row_src.push_back(reflect(r - half, H));
@@ -60,84 +70,69 @@ struct KeyPlan {
       else
         runs.push_back({dst, src, 1});
     }
+    for (const auto& run : runs) {
+      if (run.n >= 8)
+        long_runs.push_back(run);
+      else
+        for (int64_t i = 0; i < run.n; ++i) singles.emplace_back(run.dst + i, run.src + i);
+    }
+    run_covers_row = long_runs.size() == 1 && long_runs[0].src == 0 && long_runs[0].n == W;
+    for (int64_t r = 0; r < l.Hp; ++r) rows_of[row_src[r]].push_back(r);
   }
 };
 
-// (hd, H, W) minus `sub` when given -> the padded key side (hd, Hp, stride, cols).
+// (hd, H, W) minus `sub` when given -> the padded key side (hd, Hp, stride, cols).  Writes the
+// columns some window reads only: the others must be zero (a buffer zeroed once keeps them so).
 template <typename scalar_t, typename T>
-void to_key_side(const ShiftLayout& l, const KeyPlan& plan, const scalar_t* src, const scalar_t* sub, int64_t H,
-                 int64_t W, T* dst) {
-  std::vector<T> row(W);  // one source row in T, then copied run by run
+TRANSLUTION_EXT_ROW_COPIES void to_key_side(const ShiftLayout& l, const KeyPlan& plan, const scalar_t* src,
+                                            const scalar_t* sub, int64_t H, int64_t W, T* dst) {
   for (int64_t d = 0; d < l.hd; ++d)
     for (int64_t r = 0; r < l.Hp; ++r) {
       const int64_t from = (d * H + plan.row_src[r]) * W;
-      if (sub)
-        for (int64_t x = 0; x < W; ++x) row[x] = T(src[from + x]) - T(sub[from + x]);
+      const scalar_t* __restrict__ a = src + from;
+      const scalar_t* __restrict__ b = sub ? sub + from : nullptr;
+      T* __restrict__ to = dst + d * l.key_plane() + r * l.s * l.cols;
+      for (const auto& run : plan.long_runs) {
+        T* __restrict__ t = to + run.dst;
+        if (b)
+          for (int64_t i = 0; i < run.n; ++i) t[i] = T(a[run.src + i]) - T(b[run.src + i]);
+        else
+          for (int64_t i = 0; i < run.n; ++i) t[i] = T(a[run.src + i]);
+      }
+      if (b)
+        for (const auto& [to_at, from_at] : plan.singles) to[to_at] = T(a[from_at]) - T(b[from_at]);
       else
-        for (int64_t x = 0; x < W; ++x) row[x] = T(src[from + x]);
-      T* to = dst + d * l.key_plane() + r * l.s * l.cols;
-      for (int64_t ph = 0; ph < l.s; ++ph)  // columns no window reads, past each phase's last
-        std::fill(to + ph * l.cols + plan.phase_cols[ph], to + (ph + 1) * l.cols, T(0));
-      for (const auto& run : plan.runs) std::copy(row.data() + run.src, row.data() + run.src + run.n, to + run.dst);
+        for (const auto& [to_at, from_at] : plan.singles) to[to_at] = T(a[from_at]);
     }
 }
 
-// The adjoint: dst (hd, H, W) = the padded key side folded back (reflected pixels add up).
+// The adjoint: dst (hd, H, W) = the padded key side folded back (reflected pixels add up, in
+// the order of the padded rows, each row's long runs before its single columns).
 template <typename T>
-void from_key_side(const ShiftLayout& l, const KeyPlan& plan, const T* src, int64_t H, int64_t W, T* dst) {
-  std::fill(dst, dst + l.hd * H * W, T(0));
+TRANSLUTION_EXT_ROW_COPIES void from_key_side(const ShiftLayout& l, const KeyPlan& plan, const T* src, int64_t H,
+                                              int64_t W, T* dst) {
   for (int64_t d = 0; d < l.hd; ++d)
-    for (int64_t r = 0; r < l.Hp; ++r) {
-      const T* from = src + d * l.key_plane() + r * l.s * l.cols;
-      T* to = dst + (d * H + plan.row_src[r]) * W;
-      for (const auto& run : plan.runs)
-        for (int64_t i = 0; i < run.n; ++i) to[run.src + i] += from[run.dst + i];
+    for (int64_t h = 0; h < H; ++h) {
+      T* __restrict__ to = dst + (d * H + h) * W;
+      bool first = true;  // the first padded row writes the source row, the others add to it
+      if (!plan.run_covers_row || plan.rows_of[h].empty())
+        for (int64_t x = 0; x < W; ++x) to[x] = T(0);
+      for (const int64_t r : plan.rows_of[h]) {
+        const T* __restrict__ from = src + d * l.key_plane() + r * l.s * l.cols;
+        for (const auto& run : plan.long_runs) {
+          T* __restrict__ t = to + run.src;
+          const T* __restrict__ f = from + run.dst;
+          if (first && plan.run_covers_row)
+            for (int64_t i = 0; i < run.n; ++i) t[i] = f[i];
+          else
+            for (int64_t i = 0; i < run.n; ++i) t[i] += f[i];
+        }
+        for (const auto& [from_at, to_at] : plan.singles) to[to_at] += from[from_at];
+        first = false;
+      }
     }
 }
 
-// Softmax over u of the logits (U, Ho, row) times scale, in place, at the output pixels.
-template <typename T>
-void softmax_u(const ShiftLayout& l, T* a, double scale) {
-  std::vector<T> mx(l.Wo), total(l.Wo);
-  for (int64_t yo = 0; yo < l.Ho; ++yo) {
-    T* base = a + yo * l.row + l.margin;
-    std::fill(mx.begin(), mx.end(), -INFINITY);
-    std::fill(total.begin(), total.end(), T(0));
-    for (int64_t u = 0; u < l.U; ++u) {
-      T* e = base + u * l.Ho_row();
-      for (int64_t x = 0; x < l.Wo; ++x) mx[x] = std::max(mx[x], e[x] *= T(scale));
-    }
-    for (int64_t u = 0; u < l.U; ++u) {
-      T* e = base + u * l.Ho_row();
-      for (int64_t x = 0; x < l.Wo; ++x) e[x] -= mx[x];
-      exp_runs(e, (l.Wo + kLanes - 1) / kLanes * kLanes);  // the run's tail is never read
-      for (int64_t x = 0; x < l.Wo; ++x) total[x] += e[x];
-    }    for (int64_t x = 0; x < l.Wo; ++x) total[x] = T(1) / total[x];
-    for (int64_t u = 0; u < l.U; ++u) {
-      T* e = base + u * l.Ho_row();
-      for (int64_t x = 0; x < l.Wo; ++x) e[x] *= total[x];
-    }
-  }
-}
-
-// dA (U, Ho, row) -> dlogit = a·(dA − Σ_u a·dA)·scale in place, zero outside the output
-// pixels (shift_scatter reads the margins).
-template <typename T>
-void softmax_backward_u(const ShiftLayout& l, const T* a, T* da, double scale) {
-  std::vector<T> dot(l.Wo);
-  for (int64_t yo = 0; yo < l.Ho; ++yo) {
-    const int64_t at = yo * l.row + l.margin;
-    std::fill(dot.begin(), dot.end(), T(0));
-    for (int64_t u = 0; u < l.U; ++u)
-      for (int64_t x = 0; x < l.Wo; ++x) dot[x] += a[u * l.Ho_row() + at + x] * da[u * l.Ho_row() + at + x];
-    for (int64_t u = 0; u < l.U; ++u) {
-      T* d = da + u * l.Ho_row() + yo * l.row;
-      const T* w = a + u * l.Ho_row() + at;
-      std::fill(d, d + l.margin, T(0));
-      for (int64_t x = 0; x < l.Wo; ++x) d[l.margin + x] = w[x] * (d[l.margin + x] - dot[x]) * T(scale);
-      std::fill(d + l.margin + l.Wo, d + l.row, T(0));
-    }
-  }
-}
+#undef TRANSLUTION_EXT_ROW_COPIES
 
 }  // namespace translution_ext
