@@ -10,8 +10,8 @@
 //           nested threads) adds W_T[:, chunk] @ buffer into the item's outputs;
 //   Ka > 1: slab by slab of images, their products fill an NHWC buffer (16 MB or the size of X) run
 //           through oneDNN's channels-last convolution.  Where the shifts come in opposite pairs (d, -d)
-//           (the default 8 neighbours), one product map per pair serves both with a By x Bx kernel
-//           (4 x 4 for Ka = 3: 64 taps per C instead of 72; see ProductMaps); otherwise, with Ka = K,
+//           (the default 8 neighbours), one product map per pair serves both with a larger kernel
+//           (3 x 4, 4 x 3 or 4 x 4 for Ka = 3: 56 taps per C instead of 72; see ProductMaps); otherwise, with Ka = K,
 //           the buffer holds [X, T(X)] and W* runs as one convolution.
 // fp64 (no oneDNN kernels) keeps NCHW slabs.  Half types compute in float and round once.
 #include <ATen/Dispatch.h>
@@ -163,13 +163,24 @@ void fill_products_nhwc(const T* x, const XvolutionDeployedGeometry& g, int64_t 
 // The T(X) part with Ka > 1 on fewer taps.  T_{-d}(q) = X(q) X(q - d) = T_d(q - d): a shift whose opposite is also
 // in the set reads the other's product map, moved by d.  Each pair then needs one map P_j (half the products)
 // convolved with the union of both Ka x Ka kernels, one of them moved by d: for |d| = 1 a 3x4, 4x3 or 4x4
-// footprint instead of 2 x 3x3.  All maps share one By x Bx box (each map is stored moved so that its
-// footprint starts at the box's corner); used where J*By*Bx taps beat S*Ka².
+// footprint instead of 2 x 3x3 (56 taps per channel for the 8 neighbours instead of 72).  Maps with the same
+// footprint size run as one convolution (a group), each stored moved so that its footprint starts at the
+// kernel's corner; used where the footprints' taps beat S*Ka².
 struct ProductMaps {
-  int64_t J = 0, By = 0, Bx = 0;
-  std::vector<int64_t> d, lo;          // per map: its shift (dy, dx) and the corner of its footprint
+  int64_t J = 0;
+  std::vector<int64_t> d, lo, box;     // per map: its shift (dy, dx), its footprint's corner and size
   std::vector<int64_t> map_of, move;   // per shift: its map, and e_s (T_s(q) = P_j(q + e_s))
+  std::vector<std::vector<int64_t>> groups;  // maps convolved together: one footprint size, <= kMaxMapChannels
+  int64_t taps() const {
+    int64_t n = 0;
+    for (int64_t j = 0; j < J; ++j) n += box[2 * j] * box[2 * j + 1];
+    return n;
+  }
 };
+
+// At most this many channels per convolution of maps: with 1024 (C = 256, 14 x 14) oneDNN's channels-last
+// convolution of the maps ran 30-50% slower per tap than with 512 or fewer, more than the taps saved.
+constexpr int64_t kMaxMapChannels = 512;
 
 ProductMaps pair_shifts(const XvolutionDeployedGeometry& g) {
   ProductMaps m;
@@ -195,30 +206,43 @@ ProductMaps pair_shifts(const XvolutionDeployedGeometry& g) {
       m.lo[2 * j + k] = std::min(m.lo[2 * j + k], e - a);
       hi[2 * j + k] = std::max(hi[2 * j + k], e + a);
     }
+  const int64_t per_conv = std::max<int64_t>(1, kMaxMapChannels / std::max<int64_t>(1, g.C));
   for (int64_t j = 0; j < m.J; ++j) {
-    m.By = std::max(m.By, hi[2 * j] - m.lo[2 * j] + 1);
-    m.Bx = std::max(m.Bx, hi[2 * j + 1] - m.lo[2 * j + 1] + 1);
+    m.box.insert(m.box.end(), {hi[2 * j] - m.lo[2 * j] + 1, hi[2 * j + 1] - m.lo[2 * j + 1] + 1});
+    auto group = std::find_if(m.groups.begin(), m.groups.end(), [&](const std::vector<int64_t>& maps) {
+      return m.box[2 * maps[0]] == m.box[2 * j] && m.box[2 * maps[0] + 1] == m.box[2 * j + 1] &&
+             static_cast<int64_t>(maps.size()) < per_conv;
+    });
+    if (group == m.groups.end())
+      m.groups.push_back({j});
+    else
+      group->push_back(j);
   }
   return m;
 }
 
-// The combined kernel (Co, J*C, By, Bx): W_T's Ka x Ka kernel of shift s added where its map's footprint puts it.
-at::Tensor paired_weight(const at::Tensor& w_t, const XvolutionDeployedGeometry& g, const ProductMaps& m) {
-  at::Tensor k = at::zeros({g.Co, m.J * g.C, m.By, m.Bx}, w_t.options());
+// A group's kernel (Co, maps*C, By, Bx): W_T's Ka x Ka kernel of each of its shifts added where the footprint
+// of the shift's map puts it.
+at::Tensor paired_weight(const at::Tensor& w_t, const XvolutionDeployedGeometry& g, const ProductMaps& m,
+                         const std::vector<int64_t>& maps) {
+  const int64_t n = static_cast<int64_t>(maps.size()), By = m.box[2 * maps[0]], Bx = m.box[2 * maps[0] + 1];
+  at::Tensor k = at::zeros({g.Co, n * g.C, By, Bx}, w_t.options());
   const int64_t a = g.Ka / 2;
   for (int64_t s = 0; s < g.S; ++s) {
-    const int64_t j = m.map_of[s];
+    const int64_t j = m.map_of[s], pos = std::find(maps.begin(), maps.end(), j) - maps.begin();
+    if (pos == n) continue;
     const int64_t oy = m.move[2 * s] - a - m.lo[2 * j], ox = m.move[2 * s + 1] - a - m.lo[2 * j + 1];
-    k.narrow(1, j * g.C, g.C).narrow(2, oy, g.Ka).narrow(3, ox, g.Ka).add_(w_t.narrow(1, s * g.C, g.C));
+    k.narrow(1, pos * g.C, g.C).narrow(2, oy, g.Ka).narrow(3, ox, g.Ka).add_(w_t.narrow(1, s * g.C, g.C));
   }
   return k;
 }
 
-// z[b - b0, i, k, j*C + c] = P_j(q) = X[c](q) X[c](q + d_j) at q = (i, k) + lo_j (0 where q or q + d_j is outside)
-// for the images [b0, b1) of NHWC x; z is (b1 - b0, Hz, Wz, J*C), the maps padded for a conv without padding.
-void fill_maps_nhwc(const float* x, const XvolutionDeployedGeometry& g, const ProductMaps& m, int64_t Hz,
-                    int64_t Wz, int64_t b0, int64_t b1, float* z) {
-  const int64_t C = g.C, channels = m.J * C;
+// z[b - b0, i, k, n*C + c] = P_j(q) = X[c](q) X[c](q + d_j) at q = (i, k) + lo_j, j = maps[n] (0 where q or
+// q + d_j is outside) for the images [b0, b1) of NHWC x; z is (b1 - b0, Hz, Wz, maps*C), padded for a conv
+// without padding.
+void fill_maps_nhwc(const float* x, const XvolutionDeployedGeometry& g, const ProductMaps& m,
+                    const std::vector<int64_t>& maps, int64_t Hz, int64_t Wz, int64_t b0, int64_t b1, float* z) {
+  const int64_t C = g.C, channels = static_cast<int64_t>(maps.size()) * C;
   const auto inside = [&](int64_t y, int64_t x) { return y >= 0 && y < g.H && x >= 0 && x < g.W; };
   parallel_for_items(b0 * Hz, b1 * Hz, 1, [&](int64_t first, int64_t last) {
     for (int64_t row = first; row < last; ++row) {
@@ -226,16 +250,17 @@ void fill_maps_nhwc(const float* x, const XvolutionDeployedGeometry& g, const Pr
       const float* image = x + b * g.H * g.W * C;
       float* o = z + (row - b0 * Hz) * Wz * channels;
       for (int64_t k = 0; k < Wz; ++k) {
-        for (int64_t j = 0; j < m.J; ++j, o += C) {
+        for (const int64_t j : maps) {
           const int64_t qy = i + m.lo[2 * j], qx = k + m.lo[2 * j + 1];
           const int64_t ny = qy + m.d[2 * j], nx = qx + m.d[2 * j + 1];
+          float* __restrict__ out = o;
+          o += C;
           if (!inside(qy, qx) || !inside(ny, nx)) {
-            std::fill(o, o + C, 0.f);
+            std::fill(out, out + C, 0.f);
             continue;
           }
           const float* __restrict__ p = image + (qy * g.W + qx) * C;
           const float* __restrict__ q = image + (ny * g.W + nx) * C;
-          float* __restrict__ out = o;
           for (int64_t c = 0; c < C; ++c) out[c] = p[c] * q[c];
         }
       }
@@ -366,21 +391,22 @@ at::Tensor xvolution_deployed_cpu(const at::Tensor& x_in, const at::Tensor& weig
   // Ka > 1: oneDNN's direct convolution on NHWC slabs of images beats an im2col GEMM, whose operand would be
   // Ka² times T(X).
   const ProductMaps maps = pair_shifts(g);
-  // Paired only with at most 512 map channels: with more, oneDNN's convolution of the By x Bx maps ran 30-50%
-  // slower than the folded Ka x Ka one (C = 256, 14 x 14: 210 vs 155 ms on one core), more than the taps saved.
-  if (maps.J * maps.By * maps.Bx < g.S * g.Ka * g.Ka && maps.J * g.C <= 512) {
-    // Paired maps (fewer taps): the X part's conv, plus the maps' conv, slab by slab.
-    const at::Tensor kernel = paired_weight(w_t, g, maps);
+  if (maps.taps() < g.S * g.Ka * g.Ka) {
+    // Paired maps (fewer taps): the X part's conv, plus each group's conv of its maps, slab by slab.
     at::Tensor y = at::conv2d(x_cl, weight.narrow(1, 0, g.C), bias, {g.stride, g.stride}, {pad, pad});
-    const int64_t Hz = (g.Ho - 1) * g.stride + maps.By, Wz = (g.Wo - 1) * g.stride + maps.Bx;
-    const int64_t slab = slab_images(g, maps.J * g.C * Hz * Wz, x_cl.numel());
-    at::Tensor buffer =
-        at::empty({slab, maps.J * g.C, Hz, Wz}, x_cl.options().memory_format(at::MemoryFormat::ChannelsLast));
-    for (int64_t b0 = 0; b0 < g.B; b0 += slab) {
-      const int64_t b1 = std::min(g.B, b0 + slab);
-      at::Tensor z = buffer.narrow(0, 0, b1 - b0);
-      fill_maps_nhwc(x_cl.const_data_ptr<float>(), g, maps, Hz, Wz, b0, b1, z.mutable_data_ptr<float>());
-      y.narrow(0, b0, b1 - b0).add_(at::conv2d(z, kernel, {}, {g.stride, g.stride}, at::IntArrayRef({0, 0})));
+    for (const auto& group : maps.groups) {
+      const at::Tensor kernel = paired_weight(w_t, g, maps, group);
+      const int64_t channels = static_cast<int64_t>(group.size()) * g.C;
+      const int64_t Hz = (g.Ho - 1) * g.stride + kernel.size(2), Wz = (g.Wo - 1) * g.stride + kernel.size(3);
+      const int64_t slab = slab_images(g, channels * Hz * Wz, x_cl.numel());
+      at::Tensor buffer =
+          at::empty({slab, channels, Hz, Wz}, x_cl.options().memory_format(at::MemoryFormat::ChannelsLast));
+      for (int64_t b0 = 0; b0 < g.B; b0 += slab) {
+        const int64_t b1 = std::min(g.B, b0 + slab);
+        at::Tensor z = buffer.narrow(0, 0, b1 - b0);
+        fill_maps_nhwc(x_cl.const_data_ptr<float>(), g, maps, group, Hz, Wz, b0, b1, z.mutable_data_ptr<float>());
+        y.narrow(0, b0, b1 - b0).add_(at::conv2d(z, kernel, {}, {g.stride, g.stride}, at::IntArrayRef({0, 0})));
+      }
     }
     return y.contiguous().to(x_in.scalar_type());
   }
