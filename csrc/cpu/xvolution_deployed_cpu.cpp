@@ -11,8 +11,8 @@
 //   Ka > 1: slab by slab of images, their products fill an NHWC buffer (16 MB or the size of X) run
 //           through oneDNN's channels-last convolution.  Where the shifts come in opposite pairs (d, -d)
 //           (the default 8 neighbours), one product map per pair serves both with a larger kernel
-//           (3 x 4, 4 x 3 or 4 x 4 for Ka = 3: 56 taps per C instead of 72; see ProductMaps); otherwise, with Ka = K,
-//           the buffer holds [X, T(X)] and W* runs as one convolution.
+//           (3 x 4, 4 x 3 or 4 x 4 for Ka = 3: 56 taps per C instead of 72; see ProductMaps);
+//           otherwise, with Ka = K, the buffer holds [X, T(X)] and W* runs as one convolution.
 // fp64 (no oneDNN kernels) keeps NCHW slabs.  Half types compute in float and round once.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -129,7 +129,7 @@ void fill_tap_products(const float* x, const XvolutionDeployedGeometry& g, int64
 }
 
 // t[b - b0, y, x, :] for the images [b0, b1) of NHWC x: [X, T(X)] (with_x) or T(X) at pixel (y, x),
-// T(X)[s*C + c] = X[c] * X[c] at (y + dy_s, x + dx_s), 0 where that is outside the image.  NHWC puts the
+// T(X)[s*C + c] = X[c] at (y, x) times X[c] at (y + dy_s, x + dx_s), 0 where that is outside the image.  NHWC puts the
 // C products of a pixel and shift next to each other: one contiguous, vectorised loop each.
 template <typename T>
 void fill_products_nhwc(const T* x, const XvolutionDeployedGeometry& g, int64_t b0, int64_t b1, bool with_x, T* t) {
@@ -281,7 +281,8 @@ void transpose_block(const float* src, int64_t n, int64_t cols, float* dst, int6
   }
 }
 
-// float: per work item on one thread, its outputs of the X part (y_x, NHWC) are transposed into y (NCHW), then the products of a chunk of GEMM rows fill a cache-sized buffer and
+// float: per work item on one thread, its outputs of the X part (y_x, NHWC) are transposed into y (NCHW), then
+// the products of a chunk of GEMM rows fill a cache-sized buffer and
 // oneDNN's batch-reduce GEMM kernel (single-threaded by design) adds W_T[:, chunk] @ buffer into the item's
 // outputs.  An item is a block of output rows of one image or, when an image has fewer than kMinPixels
 // outputs, a group of whole images: W_T (Co x R, megabytes) then streams from L3 once per kMinPixels
@@ -416,7 +417,8 @@ at::Tensor xvolution_deployed_cpu(const at::Tensor& x_in, const at::Tensor& weig
                           : at::conv2d(x_cl, weight.narrow(1, 0, g.C), bias, {g.stride, g.stride}, {pad, pad});
   const int64_t in_channels = one_conv ? g.C * (1 + g.S) : g.S * g.C, image = in_channels * g.H * g.W;
   const int64_t slab = slab_images(g, image, x_cl.numel());
-  at::Tensor buffer = at::empty({slab, in_channels, g.H, g.W}, x_cl.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor buffer =
+      at::empty({slab, in_channels, g.H, g.W}, x_cl.options().memory_format(at::MemoryFormat::ChannelsLast));
   for (int64_t b0 = 0; b0 < g.B; b0 += slab) {
     const int64_t b1 = std::min(g.B, b0 + slab);
     at::Tensor t = buffer.narrow(0, 0, b1 - b0);
