@@ -1,16 +1,16 @@
 // The deployed X-volution on CPU.  The X part is the K x K conv of W*[:, :C] through ATen (oneDNN),
-// run channels-last: oneDNN's NHWC kernels are up to twice as fast as its NCHW ones at few channels.
+// channels-last with Ka > 1.
 // The T(X) part reads the centre Ka x Ka taps of W*[:, C:] only (the taps the fold left zero are
 // skipped) and never builds T(X) of the batch or the concatenation:
 //   Ka = 1 (float and half types): per work item of about 512 output columns (a block of rows of one
-//           image, or a group of whole small images) on one thread, the item's outputs of the X part
-//           are transposed from NHWC into the NCHW result (in cache), then the products
+//           image, or a group of whole small images) on one thread, the products
 //           X[c, q] * X[c, q + d_s] of a chunk of channels fill a cache-sized buffer, and oneDNN's
 //           batch-reduce GEMM kernel (single-threaded; ATen's BLAS inside at::parallel_for would start
 //           nested threads) adds W_T[:, chunk] @ buffer into the item's outputs;
 //   Ka > 1: slab by slab of images, their products fill an NHWC buffer (16 MB or the size of X) run
-//           through oneDNN's channels-last convolution.  Where the shifts come in opposite pairs (d, -d)
-//           (the default 8 neighbours), one product map per pair serves both with a larger kernel
+//           through oneDNN's channels-last convolution (at C = 64 a third faster than its NCHW one).
+//           Where the shifts come in opposite pairs (d, -d) (the default 8 neighbours), one product
+//           map per pair serves both with a larger kernel
 //           (3 x 4, 4 x 3 or 4 x 4 for Ka = 3: 56 taps per C instead of 72; see ProductMaps);
 //           otherwise, with Ka = K, the buffer holds [X, T(X)] and W* runs as one convolution.
 // fp64 (no oneDNN kernels) keeps NCHW slabs.  Half types compute in float and round once.
@@ -268,27 +268,13 @@ void fill_maps_nhwc(const float* x, const XvolutionDeployedGeometry& g, const Pr
   });
 }
 
-// dst[c * ld_dst + i] = src[i * cols + c] for i < n, c < cols: an NHWC block of outputs into NCHW.
-void transpose_block(const float* src, int64_t n, int64_t cols, float* dst, int64_t ld_dst) {
-  constexpr int64_t kTile = 16;  // 16 x 16 tiles: both sides touch whole cache lines
-  for (int64_t i0 = 0; i0 < n; i0 += kTile) {
-    const int64_t i1 = std::min(n, i0 + kTile);
-    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
-      const int64_t c1 = std::min(cols, c0 + kTile);
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t i = i0; i < i1; ++i) dst[c * ld_dst + i] = src[i * cols + c];
-    }
-  }
-}
-
-// float: per work item on one thread, its outputs of the X part (y_x, NHWC) are transposed into y (NCHW), then
-// the products of a chunk of GEMM rows fill a cache-sized buffer and
+// float: per work item on one thread, the products of a chunk of GEMM rows fill a cache-sized buffer and
 // oneDNN's batch-reduce GEMM kernel (single-threaded by design) adds W_T[:, chunk] @ buffer into the item's
 // outputs.  An item is a block of output rows of one image or, when an image has fewer than kMinPixels
 // outputs, a group of whole images: W_T (Co x R, megabytes) then streams from L3 once per kMinPixels
 // columns, not once per small image, and each chunk of it stays in L2 across the group's images.
-void add_pssa_part_fused(const at::Tensor& x, const at::Tensor& y_x, const at::Tensor& w_t,
-                         const XvolutionDeployedGeometry& g, at::Tensor& y) {
+void add_pssa_part_fused(const at::Tensor& x, const at::Tensor& w_t, const XvolutionDeployedGeometry& g,
+                         at::Tensor& y) {
   const int64_t R = g.reduction(), HWo = g.Ho * g.Wo, threads = at::get_num_threads();
   int64_t images = 1, rows = g.Ho;
   if (HWo >= kMinPixels) {
@@ -305,7 +291,6 @@ void add_pssa_part_fused(const at::Tensor& x, const at::Tensor& y_x, const at::T
   const int64_t chunk = std::min(R, std::max<int64_t>(16, kBufferElements / width));
   const float* xp = x.const_data_ptr<float>();
   const float* wp = w_t.const_data_ptr<float>();
-  const float* yxp = y_x.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
   // Items are taken from a shared counter, not split in advance: a thread that the OS delays (the cores are
   // often shared) leaves its items to the others instead of holding up the whole call.
@@ -317,8 +302,6 @@ void add_pssa_part_fused(const at::Tensor& x, const at::Tensor& y_x, const at::T
       const int64_t b1 = images > 1 ? std::min(g.B, b0 + images) : b0 + 1;
       const int64_t oy0 = images > 1 ? 0 : (item % blocks) * rows, oy1 = std::min(g.Ho, oy0 + rows);
       const int64_t n = (oy1 - oy0) * g.Wo, ld = (b1 - b0) * n;  // columns per image, per buffer row
-      for (int64_t b = b0; b < b1; ++b)
-        transpose_block(yxp + (b * HWo + oy0 * g.Wo) * g.Co, n, g.Co, yp + b * g.Co * HWo + oy0 * g.Wo, HWo);
       for (int64_t r0 = 0; r0 < R; r0 += chunk) {
         const int64_t r1 = std::min(R, r0 + chunk);
         for (int64_t b = b0; b < b1; ++b)
@@ -378,17 +361,18 @@ at::Tensor xvolution_deployed_cpu(const at::Tensor& x_in, const at::Tensor& weig
   // fp64 has no oneDNN kernels; empty tensors go the plain way too.
   if (compute != at::kFloat || x_in.numel() == 0 || g.Co == 0)
     return xvolution_deployed_nchw(x_in.to(compute).contiguous(), weight, bias, g).to(x_in.scalar_type());
+  if (g.Ka == 1) {
+    // Ka = 1: the T(X) part is a GEMM over channels, fused with the products (no T(X) slab at all).  NCHW: a
+    // channels-last X part (a faster conv at 64 channels) measured slower overall, its output needing a
+    // transpose into the NCHW result (C = 64, 56 x 56, one core: 38.9 vs 36.3 ms).
+    const at::Tensor x = x_in.to(compute).contiguous();
+    at::Tensor y = xvolution_deployed_conv_part(x, weight, bias, g);
+    add_pssa_part_fused(x, xvolution_deployed_pssa_weight(weight, g), g, y);
+    return y.to(x_in.scalar_type());
+  }
   const at::Tensor x_cl = x_in.to(compute).contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t pad = g.K / 2;
   const at::Tensor w_t = xvolution_deployed_pssa_weight(weight, g);
-  if (g.Ka == 1) {
-    // Ka = 1: the T(X) part is a GEMM over channels, fused with the products (no T(X) slab at all).
-    const at::Tensor y_x = at::conv2d(x_cl, weight.narrow(1, 0, g.C), bias, {g.stride, g.stride}, {pad, pad})
-                               .contiguous(at::MemoryFormat::ChannelsLast);
-    at::Tensor y = at::empty({g.B, g.Co, g.Ho, g.Wo}, x_cl.options());
-    add_pssa_part_fused(x_in.to(compute).contiguous(), y_x, w_t, g, y);
-    return y.to(x_in.scalar_type());
-  }
   // Ka > 1: oneDNN's direct convolution on NHWC slabs of images beats an im2col GEMM, whose operand would be
   // Ka² times T(X).
   const ProductMaps maps = pair_shifts(g);
