@@ -45,6 +45,13 @@ CASES = [  # (B, Ci, Co, H, W, K, Ka, stride, shift lengths)
     # S·C·Ka² = 360 and 96 reduction rows (several kBK = 32 slices).
     (1, 5, 65, 9, 9, 3, 3, 1, (1,)),
     (2, 3, 63, 8, 9, 3, 1, 1, (1, 2)),
+    # CPU: Ka = 1 over blocks of rows (23·29 outputs: not a multiple of a block) and over groups of small
+    # images at stride 3; Ka > 1 with length-1 shifts, whose opposite shifts share a product map.
+    (1, 17, 19, 23, 29, 3, 1, 1, (1,)),
+    (3, 6, 7, 10, 9, 3, 1, 3, (1,)),
+    (2, 17, 9, 11, 7, 3, 3, 2, (1,)),
+    (1, 6, 5, 7, 10, 5, 3, 1, (1,)),
+    (1, 300, 3, 5, 4, 3, 3, 1, (1,)),  # more channels than one CPU convolution of product maps takes
 ]
 
 
@@ -63,6 +70,25 @@ def test_matches_folded_convolution(device, dtype, case):
     assert_close_to_reference(out, exact, same_dtype)
     no_bias = xvolution_deployed(x.to(dtype), weight.to(dtype), None, shifts, stride, ka)
     assert_close_to_reference(no_bias, exact - bias.view(1, -1, 1, 1), same_dtype - bias.to(dtype).view(1, -1, 1, 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("ka", [1, 3])
+def test_any_shift_set(device, dtype, ka):
+    """Shifts in any order, repeated, unpaired (no opposite) or zero: one map may serve several shifts."""
+    shifts = [(0, 1), (0, -1), (0, 1), (0, -1), (1, 0), (0, 0)]
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 5, 8, 9, dtype=torch.float64, generator=g).to(device)
+    weight = torch.randn(6, 5 * (1 + len(shifts)), 3, 3, dtype=torch.float64, generator=g)
+    if ka == 1:
+        weight[:, 5:, [0, 0, 0, 1, 1, 2, 2, 2], [0, 1, 2, 0, 2, 0, 1, 2]] = 0
+    weight, bias = weight.to(device), torch.randn(6, dtype=torch.float64, generator=g).to(device)
+    for stride in (1, 2):
+        exact = one_conv(x, weight, bias, shifts, stride)
+        out = xvolution_deployed(x.to(dtype), weight.to(dtype), bias.to(dtype), shifts, stride, ka)
+        same_dtype = xvolution_deployed_reference(x.to(dtype), weight.to(dtype), bias.to(dtype), shifts, stride, ka)
+        assert_close_to_reference(out, exact, same_dtype)
 
 
 @requires_native

@@ -1,14 +1,19 @@
-// The deployed X-volution on CPU.  The X part is the K x K conv of W*[:, :C] through ATen (oneDNN).
+// The deployed X-volution on CPU.  The X part is the K x K conv of W*[:, :C] through ATen (oneDNN),
+// channels-last with Ka > 1.
 // The T(X) part reads the centre Ka x Ka taps of W*[:, C:] only (the taps the fold left zero are
 // skipped) and never builds T(X) of the batch or the concatenation:
-//   Ka = 1: per work item of about 512 output columns (a block of rows of one image, or a group of
-//           whole small images) on one thread, the products X[c, q] * X[c, q + d_s] of a chunk of
-//           channels fill a cache-sized buffer, and oneDNN's batch-reduce GEMM kernel (single-threaded;
-//           ATen's BLAS inside at::parallel_for would start nested threads) adds W_T[:, chunk] @ buffer
-//           into the item's outputs;
-//   Ka > 1: slab by slab of images, their products fill a buffer (16 MB or the size of X), run
-//           through oneDNN's convolution and added to the output.
-// Half types compute in float and round once.
+//   Ka = 1 (float and half types): per work item of about 512 output columns (a block of rows of one
+//           image, or a group of whole small images) on one thread, the products
+//           X[c, q] * X[c, q + d_s] of a chunk of channels fill a cache-sized buffer, and oneDNN's
+//           batch-reduce GEMM kernel (single-threaded; ATen's BLAS inside at::parallel_for would start
+//           nested threads) adds W_T[:, chunk] @ buffer into the item's outputs;
+//   Ka > 1: slab by slab of images, their products fill an NHWC buffer (16 MB or the size of X) run
+//           through oneDNN's channels-last convolution (at C = 64 a third faster than its NCHW one).
+//           Where the shifts come in opposite pairs (d, -d) (the default 8 neighbours), one product
+//           map per pair serves both with a larger kernel
+//           (3 x 4, 4 x 3 or 4 x 4 for Ka = 3: 56 taps per C instead of 72; see ProductMaps);
+//           otherwise, with Ka = K, the buffer holds [X, T(X)] and W* runs as one convolution.
+// fp64 (no oneDNN kernels) keeps NCHW slabs.  Half types compute in float and round once.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/native/CPUBlas.h>
@@ -123,6 +128,146 @@ void fill_tap_products(const float* x, const XvolutionDeployedGeometry& g, int64
   }
 }
 
+// t[b - b0, y, x, :] for the images [b0, b1) of NHWC x: [X, T(X)] (with_x) or T(X) at pixel (y, x),
+// T(X)[s*C + c] = X[c] at (y, x) times X[c] at (y + dy_s, x + dx_s), 0 where that is outside the image.  NHWC puts the
+// C products of a pixel and shift next to each other: one contiguous, vectorised loop each.
+template <typename T>
+void fill_products_nhwc(const T* x, const XvolutionDeployedGeometry& g, int64_t b0, int64_t b1, bool with_x, T* t) {
+  const int64_t C = g.C, channels = (with_x ? C : 0) + g.S * C;
+  parallel_for_items(b0 * g.H, b1 * g.H, 1, [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {
+      const int64_t b = row / g.H, y = row % g.H;
+      const T* image = x + b * g.H * g.W * C;
+      T* o = t + ((row - b0 * g.H) * g.W) * channels;
+      for (int64_t ix = 0; ix < g.W; ++ix, o += channels) {
+        const T* __restrict__ p = image + (y * g.W + ix) * C;
+        T* __restrict__ out = o;
+        if (with_x) {
+          std::copy(p, p + C, out);
+          out += C;
+        }
+        for (int64_t s = 0; s < g.S; ++s, out += C) {
+          const int64_t ny = y + g.shifts[2 * s], nx = ix + g.shifts[2 * s + 1];
+          if (ny < 0 || ny >= g.H || nx < 0 || nx >= g.W) {
+            std::fill(out, out + C, T(0));
+            continue;
+          }
+          const T* __restrict__ q = image + (ny * g.W + nx) * C;
+          for (int64_t c = 0; c < C; ++c) out[c] = p[c] * q[c];
+        }
+      }
+    }
+  });
+}
+
+// The T(X) part with Ka > 1 on fewer taps.  T_{-d}(q) = X(q) X(q - d) = T_d(q - d): a shift whose opposite is also
+// in the set reads the other's product map, moved by d.  Each pair then needs one map P_j (half the products)
+// convolved with the union of both Ka x Ka kernels, one of them moved by d: for |d| = 1 a 3x4, 4x3 or 4x4
+// footprint instead of 2 x 3x3 (56 taps per channel for the 8 neighbours instead of 72).  Maps with the same
+// footprint size run as one convolution (a group), each stored moved so that its footprint starts at the
+// kernel's corner; used where the footprints' taps beat S*Ka².
+struct ProductMaps {
+  int64_t J = 0;
+  std::vector<int64_t> d, lo, box;     // per map: its shift (dy, dx), its footprint's corner and size
+  std::vector<int64_t> map_of, move;   // per shift: its map, and e_s (T_s(q) = P_j(q + e_s))
+  std::vector<std::vector<int64_t>> groups;  // maps convolved together: one footprint size, <= kMaxMapChannels
+  int64_t taps() const {
+    int64_t n = 0;
+    for (int64_t j = 0; j < J; ++j) n += box[2 * j] * box[2 * j + 1];
+    return n;
+  }
+};
+
+// At most this many channels per convolution of maps: with 1024 (C = 256, 14 x 14) oneDNN's channels-last
+// convolution of the maps ran 30-50% slower per tap than with 512 or fewer, more than the taps saved.
+constexpr int64_t kMaxMapChannels = 512;
+
+ProductMaps pair_shifts(const XvolutionDeployedGeometry& g) {
+  ProductMaps m;
+  const int64_t a = g.Ka / 2;
+  for (int64_t s = 0; s < g.S; ++s) {
+    const int64_t dy = g.shifts[2 * s], dx = g.shifts[2 * s + 1];
+    int64_t j = 0;
+    while (j < m.J && !(m.d[2 * j] == -dy && m.d[2 * j + 1] == -dx && (dy != 0 || dx != 0))) ++j;
+    if (j < m.J) {
+      m.map_of.push_back(j);
+      m.move.insert(m.move.end(), {dy, dx});
+      continue;
+    }
+    m.d.insert(m.d.end(), {dy, dx});
+    m.lo.insert(m.lo.end(), {-a, -a});
+    m.map_of.push_back(m.J++);
+    m.move.insert(m.move.end(), {0, 0});
+  }
+  std::vector<int64_t> hi(2 * m.J, a);
+  for (int64_t s = 0; s < g.S; ++s)
+    for (int64_t k = 0; k < 2; ++k) {
+      const int64_t j = m.map_of[s], e = m.move[2 * s + k];
+      m.lo[2 * j + k] = std::min(m.lo[2 * j + k], e - a);
+      hi[2 * j + k] = std::max(hi[2 * j + k], e + a);
+    }
+  const int64_t per_conv = std::max<int64_t>(1, kMaxMapChannels / std::max<int64_t>(1, g.C));
+  for (int64_t j = 0; j < m.J; ++j) {
+    m.box.insert(m.box.end(), {hi[2 * j] - m.lo[2 * j] + 1, hi[2 * j + 1] - m.lo[2 * j + 1] + 1});
+    auto group = std::find_if(m.groups.begin(), m.groups.end(), [&](const std::vector<int64_t>& maps) {
+      return m.box[2 * maps[0]] == m.box[2 * j] && m.box[2 * maps[0] + 1] == m.box[2 * j + 1] &&
+             static_cast<int64_t>(maps.size()) < per_conv;
+    });
+    if (group == m.groups.end())
+      m.groups.push_back({j});
+    else
+      group->push_back(j);
+  }
+  return m;
+}
+
+// A group's kernel (Co, maps*C, By, Bx): W_T's Ka x Ka kernel of each of its shifts added where the footprint
+// of the shift's map puts it.
+at::Tensor paired_weight(const at::Tensor& w_t, const XvolutionDeployedGeometry& g, const ProductMaps& m,
+                         const std::vector<int64_t>& maps) {
+  const int64_t n = static_cast<int64_t>(maps.size()), By = m.box[2 * maps[0]], Bx = m.box[2 * maps[0] + 1];
+  at::Tensor k = at::zeros({g.Co, n * g.C, By, Bx}, w_t.options());
+  const int64_t a = g.Ka / 2;
+  for (int64_t s = 0; s < g.S; ++s) {
+    const int64_t j = m.map_of[s], pos = std::find(maps.begin(), maps.end(), j) - maps.begin();
+    if (pos == n) continue;
+    const int64_t oy = m.move[2 * s] - a - m.lo[2 * j], ox = m.move[2 * s + 1] - a - m.lo[2 * j + 1];
+    k.narrow(1, pos * g.C, g.C).narrow(2, oy, g.Ka).narrow(3, ox, g.Ka).add_(w_t.narrow(1, s * g.C, g.C));
+  }
+  return k;
+}
+
+// z[b - b0, i, k, n*C + c] = P_j(q) = X[c](q) X[c](q + d_j) at q = (i, k) + lo_j, j = maps[n] (0 where q or
+// q + d_j is outside) for the images [b0, b1) of NHWC x; z is (b1 - b0, Hz, Wz, maps*C), padded for a conv
+// without padding.
+void fill_maps_nhwc(const float* x, const XvolutionDeployedGeometry& g, const ProductMaps& m,
+                    const std::vector<int64_t>& maps, int64_t Hz, int64_t Wz, int64_t b0, int64_t b1, float* z) {
+  const int64_t C = g.C, channels = static_cast<int64_t>(maps.size()) * C;
+  const auto inside = [&](int64_t y, int64_t x) { return y >= 0 && y < g.H && x >= 0 && x < g.W; };
+  parallel_for_items(b0 * Hz, b1 * Hz, 1, [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {
+      const int64_t b = row / Hz, i = row % Hz;
+      const float* image = x + b * g.H * g.W * C;
+      float* o = z + (row - b0 * Hz) * Wz * channels;
+      for (int64_t k = 0; k < Wz; ++k) {
+        for (const int64_t j : maps) {
+          const int64_t qy = i + m.lo[2 * j], qx = k + m.lo[2 * j + 1];
+          const int64_t ny = qy + m.d[2 * j], nx = qx + m.d[2 * j + 1];
+          float* __restrict__ out = o;
+          o += C;
+          if (!inside(qy, qx) || !inside(ny, nx)) {
+            std::fill(out, out + C, 0.f);
+            continue;
+          }
+          const float* __restrict__ p = image + (qy * g.W + qx) * C;
+          const float* __restrict__ q = image + (ny * g.W + nx) * C;
+          for (int64_t c = 0; c < C; ++c) out[c] = p[c] * q[c];
+        }
+      }
+    }
+  });
+}
+
 // float: per work item on one thread, the products of a chunk of GEMM rows fill a cache-sized buffer and
 // oneDNN's batch-reduce GEMM kernel (single-threaded by design) adds W_T[:, chunk] @ buffer into the item's
 // outputs.  An item is a block of output rows of one image or, when an image has fewer than kMinPixels
@@ -171,33 +316,24 @@ void add_pssa_part_fused(const at::Tensor& x, const at::Tensor& w_t, const Xvolu
   });
 }
 
-at::Tensor xvolution_deployed_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
-                                  const std::optional<at::Tensor>& bias_in, at::IntArrayRef shifts,
-                                  int64_t stride, int64_t pssa_kernel_size) {
-  const auto g = check_xvolution_deployed(x_in, weight_in, bias_in, shifts, stride, pssa_kernel_size, kOp);
-  const auto compute = at::toOpMathType(x_in.scalar_type());
-  const at::Tensor x = x_in.to(compute).contiguous(), weight = weight_in.to(compute);
-  const std::optional<at::Tensor> bias =
-      bias_in.has_value() ? std::optional<at::Tensor>(bias_in->to(compute)) : std::nullopt;
-  // Ka = 1: the T(X) part is a GEMM over channels, fused with the products (no T(X) slab at all).
-  // Ka > 1 (and fp64, which the batch-reduce kernel lacks): oneDNN's direct convolution on slabs of
-  // images beats an im2col GEMM, whose operand would be Ka² times T(X).  With Ka = K no tap of W* is
-  // structurally zero: a slab holds [X, T(X)] of its images and runs W* as one convolution.
-  const bool one_conv = g.Ka == g.K && !(compute == at::kFloat && g.Ka == 1);
+// Images per slab: its buffer together at most the size of X or kSlabElements (one image at least).
+int64_t slab_images(const XvolutionDeployedGeometry& g, int64_t image, int64_t x_numel) {
+  const int64_t budget = std::max(x_numel, kSlabElements);
+  return std::min(g.B, std::max<int64_t>(1, budget / std::max<int64_t>(1, image)));
+}
+
+// fp64 (no oneDNN or batch-reduce kernels): NCHW slabs of [X, T(X)] (Ka = K) or T(X) through ATen's conv.
+at::Tensor xvolution_deployed_nchw(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                   const XvolutionDeployedGeometry& g) {
+  const bool one_conv = g.Ka == g.K;
   at::Tensor y = one_conv ? at::empty({g.B, g.Co, g.Ho, g.Wo}, x.options())
                           : xvolution_deployed_conv_part(x, weight, bias, g);
-  if (y.numel() == 0) return y.to(x_in.scalar_type());
+  if (y.numel() == 0) return y;
   const at::Tensor w_t = xvolution_deployed_pssa_weight(weight, g);
-  if (compute == at::kFloat && g.Ka == 1) {
-    add_pssa_part_fused(x, w_t, g, y);
-    return y.to(x_in.scalar_type());
-  }
-  // Slabs of images whose buffer together is at most the size of X or kSlabElements (one image at least).
   const int64_t in_channels = one_conv ? g.C * (1 + g.S) : g.S * g.C, image = in_channels * g.H * g.W;
-  const int64_t budget = std::max(x.numel(), kSlabElements);
-  const int64_t slab = std::min(g.B, std::max<int64_t>(1, budget / std::max<int64_t>(1, image)));
+  const int64_t slab = slab_images(g, image, x.numel());
   at::Tensor buffer = at::empty({slab, in_channels, g.H, g.W}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(compute, "xvolution_deployed", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "xvolution_deployed", [&] {
     for (int64_t b0 = 0; b0 < g.B; b0 += slab) {
       const int64_t b1 = std::min(g.B, b0 + slab);
       at::Tensor t = buffer.narrow(0, 0, b1 - b0);
@@ -211,7 +347,73 @@ at::Tensor xvolution_deployed_cpu(const at::Tensor& x_in, const at::Tensor& weig
       }
     }
   });
-  return y.to(x_in.scalar_type());
+  return y;
+}
+
+at::Tensor xvolution_deployed_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
+                                  const std::optional<at::Tensor>& bias_in, at::IntArrayRef shifts,
+                                  int64_t stride, int64_t pssa_kernel_size) {
+  const auto g = check_xvolution_deployed(x_in, weight_in, bias_in, shifts, stride, pssa_kernel_size, kOp);
+  const auto compute = at::toOpMathType(x_in.scalar_type());
+  const at::Tensor weight = weight_in.to(compute);
+  const std::optional<at::Tensor> bias =
+      bias_in.has_value() ? std::optional<at::Tensor>(bias_in->to(compute)) : std::nullopt;
+  // fp64 has no oneDNN kernels; empty tensors go the plain way too.
+  if (compute != at::kFloat || x_in.numel() == 0 || g.Co == 0)
+    return xvolution_deployed_nchw(x_in.to(compute).contiguous(), weight, bias, g).to(x_in.scalar_type());
+  if (g.Ka == 1) {
+    // Ka = 1: the T(X) part is a GEMM over channels, fused with the products (no T(X) slab at all).  NCHW: a
+    // channels-last X part (a faster conv at 64 channels) measured slower overall, its output needing a
+    // transpose into the NCHW result (C = 64, 56 x 56, one core: 38.9 vs 36.3 ms).
+    const at::Tensor x = x_in.to(compute).contiguous();
+    at::Tensor y = xvolution_deployed_conv_part(x, weight, bias, g);
+    add_pssa_part_fused(x, xvolution_deployed_pssa_weight(weight, g), g, y);
+    return y.to(x_in.scalar_type());
+  }
+  const at::Tensor x_cl = x_in.to(compute).contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t pad = g.K / 2;
+  const at::Tensor w_t = xvolution_deployed_pssa_weight(weight, g);
+  // Ka > 1: oneDNN's direct convolution on NHWC slabs of images beats an im2col GEMM, whose operand would be
+  // Ka² times T(X).
+  const ProductMaps maps = pair_shifts(g);
+  if (maps.taps() < g.S * g.Ka * g.Ka) {
+    // Paired maps (fewer taps): the X part's conv, plus each group's conv of its maps, slab by slab.
+    at::Tensor y = at::conv2d(x_cl, weight.narrow(1, 0, g.C), bias, {g.stride, g.stride}, {pad, pad});
+    for (const auto& group : maps.groups) {
+      const at::Tensor kernel = paired_weight(w_t, g, maps, group);
+      const int64_t channels = static_cast<int64_t>(group.size()) * g.C;
+      const int64_t Hz = (g.Ho - 1) * g.stride + kernel.size(2), Wz = (g.Wo - 1) * g.stride + kernel.size(3);
+      const int64_t slab = slab_images(g, channels * Hz * Wz, x_cl.numel());
+      at::Tensor buffer =
+          at::empty({slab, channels, Hz, Wz}, x_cl.options().memory_format(at::MemoryFormat::ChannelsLast));
+      for (int64_t b0 = 0; b0 < g.B; b0 += slab) {
+        const int64_t b1 = std::min(g.B, b0 + slab);
+        at::Tensor z = buffer.narrow(0, 0, b1 - b0);
+        fill_maps_nhwc(x_cl.const_data_ptr<float>(), g, maps, group, Hz, Wz, b0, b1, z.mutable_data_ptr<float>());
+        y.narrow(0, b0, b1 - b0).add_(at::conv2d(z, kernel, {}, {g.stride, g.stride}, at::IntArrayRef({0, 0})));
+      }
+    }
+    return y.contiguous().to(x_in.scalar_type());
+  }
+  // With Ka = K no tap of W* is structurally zero: a slab holds [X, T(X)] of its images and runs W* as one conv.
+  const bool one_conv = g.Ka == g.K;
+  at::Tensor y = one_conv ? at::empty({g.B, g.Co, g.Ho, g.Wo}, x_cl.options())
+                          : at::conv2d(x_cl, weight.narrow(1, 0, g.C), bias, {g.stride, g.stride}, {pad, pad});
+  const int64_t in_channels = one_conv ? g.C * (1 + g.S) : g.S * g.C, image = in_channels * g.H * g.W;
+  const int64_t slab = slab_images(g, image, x_cl.numel());
+  at::Tensor buffer =
+      at::empty({slab, in_channels, g.H, g.W}, x_cl.options().memory_format(at::MemoryFormat::ChannelsLast));
+  for (int64_t b0 = 0; b0 < g.B; b0 += slab) {
+    const int64_t b1 = std::min(g.B, b0 + slab);
+    at::Tensor t = buffer.narrow(0, 0, b1 - b0);
+    fill_products_nhwc(x_cl.const_data_ptr<float>(), g, b0, b1, one_conv, t.mutable_data_ptr<float>());
+    if (one_conv) {
+      y.narrow(0, b0, b1 - b0).copy_(at::conv2d(t, weight, bias, {g.stride, g.stride}, {pad, pad}));
+    } else {
+      y.narrow(0, b0, b1 - b0).add_(at::conv2d(t, w_t, {}, {g.stride, g.stride}, {g.Ka / 2, g.Ka / 2}));
+    }
+  }
+  return y.contiguous().to(x_in.scalar_type());
 }
 
 }  // namespace
