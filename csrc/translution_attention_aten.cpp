@@ -30,6 +30,14 @@ int64_t cpu_threads(const at::Device& device) {
   return device.is_cpu() ? std::max<int64_t>(1, at::get_num_threads()) : 1;
 }
 
+// Multiply-adds of one pair and batch item in the forward: each role's projection and the
+// scores / weighted sum (the backward does about three times as many).
+int64_t pair_work(const AttentionPlan& plan) {
+  int64_t work = 0;
+  for (int r = 0; r < 3; ++r) work += plan.H * (plan.source_dim[r] * plan.relative_dim[r] + plan.head_dim(r));
+  return work;
+}
+
 // Forward work items: blocks of query rows [starts[b], starts[b + 1]) with about equal pair counts
 // (a causal row i has i + 1 pairs), as many as a multiple of the threads, of about 128 rows at
 // most: equal row counts left one thread waiting (50 tokens on 2 threads: 32 + 18 rows).  Rows
@@ -92,9 +100,9 @@ Operands to_opmath(const AttentionInputs& in, at::ScalarType op) {
 // Runs fn(first, last) over [0, n): in parallel on the CPU thread pool, in order elsewhere
 // (device work is queued on one stream).
 template <typename F>
-void for_work_items(const at::Device& device, int64_t n, const F& fn) {
+void for_work_items(const at::Device& device, int64_t n, int64_t work_per_item, const F& fn) {
   if (device.is_cpu())
-    parallel_for_items(0, n, 1, fn);
+    parallel_for_items(0, n, work_per_item, fn);
   else if (n > 0)
     fn(0, n);
 }
@@ -156,7 +164,8 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_aten(
   const int64_t blocks = static_cast<int64_t>(starts.size()) - 1;
   const at::Tensor& pair_i = plan.groups->pair_i_on_device;
   const at::Tensor& pair_j = plan.groups->pair_j_on_device;
-  for_work_items(device, blocks, [&](int64_t first, int64_t last) {
+  const int64_t pairs = static_cast<int64_t>(plan.groups->pair_i.size());
+  for_work_items(device, blocks, B * pairs / blocks * pair_work(plan), [&](int64_t first, int64_t last) {
     for (int64_t blk = first; blk < last; ++blk) {
       const int64_t i0 = starts[blk], i1 = starts[blk + 1], rows = i1 - i0;
       // The block's pairs in every group: pair_i is sorted within a group.
@@ -237,7 +246,8 @@ AttentionGrads attention_backward_aten(
   const at::Tensor& pair_i = plan.groups->pair_i_on_device;
   const at::Tensor& pair_j = plan.groups->pair_j_on_device;
 
-  for_work_items(device, static_cast<int64_t>(lists.size()), [&](int64_t first, int64_t last) {
+  const int64_t pairs = static_cast<int64_t>(plan.groups->pair_i.size()), slots = static_cast<int64_t>(lists.size());
+  for_work_items(device, slots, 3 * B * pairs / slots * pair_work(plan), [&](int64_t first, int64_t last) {
     for (int64_t t = first; t < last; ++t) {
       auto& mine = local[t];
       for (int r = 0; r < 3; ++r) {

@@ -44,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q_in, const at:
     using T = at::opmath_type<scalar_t>;
     const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>();
     const scalar_t* pp = pe.data_ptr<scalar_t>();
-    parallel_for_items(0, g.B * g.heads, 1, [&](int64_t first, int64_t last) {
+    parallel_for_items(0, g.B * g.heads, 2 * g.hd * HoWo * l.U, [&](int64_t first, int64_t last) {
       Plane w(l, q.options().dtype(acc_type), false);
       T *qs = w.qs.data_ptr<T>(), *as = w.ws.data_ptr<T>(), *os = w.ms.data_ptr<T>();
       T *ks = w.ks.data_ptr<T>(), *vs = w.vs.data_ptr<T>();
@@ -83,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     using T = at::opmath_type<scalar_t>;
     const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>();
     const scalar_t *pp = pe.data_ptr<scalar_t>(), *gp = go.data_ptr<scalar_t>();
-    parallel_for_items(0, planes, 1, [&](int64_t first, int64_t last) {
+    parallel_for_items(0, planes, 4 * g.hd * HoWo * l.U, [&](int64_t first, int64_t last) {
       Plane w(l, q.options().dtype(acc_type), true);
       at::Tensor gos = at::zeros_like(w.qs);  // dO on the query side
       T *qs = w.qs.data_ptr<T>(), *as = w.ws.data_ptr<T>(), *ms = w.ms.data_ptr<T>(), *dls = w.dls.data_ptr<T>();

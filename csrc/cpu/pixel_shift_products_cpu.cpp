@@ -18,7 +18,7 @@ at::Tensor pixel_shift_forward_cpu(const at::Tensor& x_in, at::IntArrayRef shift
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_shift_products", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    parallel_for_items(0, B * C, 1, [&](int64_t first, int64_t last) {
+    parallel_for_items(0, B * C, S * H * W, [&](int64_t first, int64_t last) {
       for (int64_t bc = first; bc < last; ++bc) {
         const int64_t b = bc / C, c = bc % C;
         const scalar_t* plane = xp + bc * H * W;
@@ -46,7 +46,7 @@ at::Tensor pixel_shift_backward_cpu(const at::Tensor& grad_in, const at::Tensor&
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* gp = g.data_ptr<scalar_t>();
     scalar_t* dp = dx.data_ptr<scalar_t>();
-    parallel_for_items(0, B * C, 1, [&](int64_t first, int64_t last) {
+    parallel_for_items(0, B * C, S * H * W, [&](int64_t first, int64_t last) {
       for (int64_t bc = first; bc < last; ++bc) {
         const int64_t b = bc / C, c = bc % C;
         const scalar_t* plane = xp + bc * H * W;

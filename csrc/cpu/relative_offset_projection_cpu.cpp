@@ -77,7 +77,7 @@ void forward_kernel(const scalar_t* x, const scalar_t* weight, const PairPlan& p
     const int64_t rows = g.B * (offsets[r + 1] - offsets[r]);
     for (int64_t row0 = 0; row0 < rows; row0 += kTileRows) tiles.emplace_back(r, row0);
   }
-  parallel_for_items(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
+  parallel_for_items(0, static_cast<int64_t>(tiles.size()), kTileRows * g.C * g.D, [&](int64_t begin, int64_t end) {
     at::Tensor a_buf = scratch<acc_t>(kTileRows * g.C), y_buf = scratch<acc_t>(kTileRows * g.D),
                w_buf = scratch<acc_t>(g.C * g.D);
     acc_t* a = a_buf.data_ptr<acc_t>();
@@ -105,7 +105,7 @@ void grad_weight_kernel(const scalar_t* grad_out, const scalar_t* x, const PairP
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t* offsets = plan.class_offsets.data_ptr<int64_t>();
   const int64_t* pairs = plan.by_class.data_ptr<int64_t>();
-  parallel_for_items(0, g.R, 1, [&](int64_t begin, int64_t end) {
+  parallel_for_items(0, g.R, g.B * g.pairs() / std::max<int64_t>(1, g.R) * g.C * g.D, [&](int64_t begin, int64_t end) {
     at::Tensor xa_buf = scratch<acc_t>(kTileRows * g.C), ga_buf = scratch<acc_t>(kTileRows * g.D),
                acc_buf = scratch<acc_t>(g.C * g.D);
     acc_t* xa = xa_buf.data_ptr<acc_t>();
@@ -151,7 +151,7 @@ void grad_x_kernel(const scalar_t* grad_out, const scalar_t* weight, const PairP
   const int64_t* pair_class = plan.pair_class.data_ptr<int64_t>();
   const int64_t runs_per_gemm = std::max<int64_t>(1, kTileRows / std::max<int64_t>(g.B, 1));
   const int64_t n_blocks = (g.Ns + block - 1) / block;
-  parallel_for_items(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
+  parallel_for_items(0, n_blocks, g.B * g.pairs() / std::max<int64_t>(1, n_blocks) * g.C * g.D, [&](int64_t begin, int64_t end) {
     at::Tensor acc_buf = scratch<acc_t>(g.B * block * g.C),
                a_buf = scratch<acc_t>(runs_per_gemm * g.B * g.D),
                y_buf = scratch<acc_t>(runs_per_gemm * g.B * g.C), w_buf = scratch<acc_t>(g.C * g.D);

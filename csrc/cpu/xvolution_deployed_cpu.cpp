@@ -42,7 +42,7 @@ template <typename T>
 void fill_products(const T* x, const XvolutionDeployedGeometry& g, int64_t b0, int64_t b1, T* t,
                    int64_t image_stride) {
   const int64_t plane_size = g.H * g.W;
-  parallel_for_items(0, (b1 - b0) * g.S * g.C, 1, [&](int64_t first, int64_t last) {
+  parallel_for_items(0, (b1 - b0) * g.S * g.C, plane_size, [&](int64_t first, int64_t last) {
     for (int64_t item = first; item < last; ++item) {
       const int64_t c = item % g.C, s = (item / g.C) % g.S, b = b0 + item / (g.C * g.S);
       const int64_t dy = g.shifts[2 * s], dx = g.shifts[2 * s + 1];
@@ -134,7 +134,7 @@ void fill_tap_products(const float* x, const XvolutionDeployedGeometry& g, int64
 template <typename T>
 void fill_products_nhwc(const T* x, const XvolutionDeployedGeometry& g, int64_t b0, int64_t b1, bool with_x, T* t) {
   const int64_t C = g.C, channels = (with_x ? C : 0) + g.S * C;
-  parallel_for_items(b0 * g.H, b1 * g.H, 1, [&](int64_t first, int64_t last) {
+  parallel_for_items(b0 * g.H, b1 * g.H, g.W * channels, [&](int64_t first, int64_t last) {
     for (int64_t row = first; row < last; ++row) {
       const int64_t b = row / g.H, y = row % g.H;
       const T* image = x + b * g.H * g.W * C;
@@ -244,7 +244,7 @@ void fill_maps_nhwc(const float* x, const XvolutionDeployedGeometry& g, const Pr
                     const std::vector<int64_t>& maps, int64_t Hz, int64_t Wz, int64_t b0, int64_t b1, float* z) {
   const int64_t C = g.C, channels = static_cast<int64_t>(maps.size()) * C;
   const auto inside = [&](int64_t y, int64_t x) { return y >= 0 && y < g.H && x >= 0 && x < g.W; };
-  parallel_for_items(b0 * Hz, b1 * Hz, 1, [&](int64_t first, int64_t last) {
+  parallel_for_items(b0 * Hz, b1 * Hz, Wz * channels, [&](int64_t first, int64_t last) {
     for (int64_t row = first; row < last; ++row) {
       const int64_t b = row / Hz, i = row % Hz;
       const float* image = x + b * g.H * g.W * C;
@@ -295,7 +295,8 @@ void add_pssa_part_fused(const at::Tensor& x, const at::Tensor& w_t, const Xvolu
   // Items are taken from a shared counter, not split in advance: a thread that the OS delays (the cores are
   // often shared) leaves its items to the others instead of holding up the whole call.
   std::atomic<int64_t> next{0};
-  parallel_for_items(0, std::min(items, threads), 1, [&](int64_t, int64_t) {
+  const int64_t slots = std::min(items, threads);
+  parallel_for_items(0, slots, (items + slots - 1) / slots * width * R * g.Co, [&](int64_t, int64_t) {
     std::vector<float> buffer(chunk * width);
     for (int64_t item = next++; item < items; item = next++) {
       const int64_t b0 = images > 1 ? item * images : item / blocks;
