@@ -9,6 +9,8 @@ Environment variables:
   FORCE_CPU=1             skip the CUDA kernels even if CUDA is found
   TORCH_CUDA_ARCH_LIST    CUDA architectures, e.g. "8.0;9.0" (default "8.0;9.0+PTX")
   MAX_JOBS                parallel compile jobs (ninja)
+  TRANSLUTION_EXT_SANITIZE=1  compile the C++ with AddressSanitizer + UBSan (development;
+                          scripts/test_cpu_sanitized.sh)
 """
 from __future__ import annotations
 
@@ -61,6 +63,11 @@ def _extension():
     if sys.platform.startswith("linux"):
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")
+    if _flag("TRANSLUTION_EXT_SANITIZE"):
+        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+        cxx_flags[0] = "-O1"
+        cxx_flags += sanitize
+        link_flags += sanitize
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     if not with_cuda:
         print(f"translution_ext: building CPU kernels only (torch {torch_version})")
