@@ -18,16 +18,17 @@ namespace translution_ext {
 // Copies that run row by row write their short rows with inline loops (no library call per row).
 #define TRANSLUTION_EXT_ROW_COPIES __attribute__((optimize("no-tree-loop-distribute-patterns")))
 
-// Rows of 8 or more values go by vectors of 8 (GCC vector types: the width the build has, in
-// one register or a few), the last one overlapping its neighbour where the length is not a
-// multiple of 8.  op(i) returns the 8 new values of dst[i ..]; the last two vectors are both
-// computed before either is stored, so op may read dst (an add in place stays correct).
+// Rows of 8 or more values go by 16-byte vectors (one register of every x86-64 build; wider
+// GCC vectors would be split and spilled in this baseline-compiled file), the last one
+// overlapping its neighbour where the length is not a multiple of the lanes.  op(i) returns
+// the new values of dst[i ..]; the last two vectors are both computed before either is
+// stored, so op may read dst (an add in place stays correct).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
-constexpr int64_t kRowLanes = 8;
 template <typename T>
 struct RowVec {
-  typedef T type __attribute__((vector_size(kRowLanes * sizeof(T))));
+  static constexpr int64_t lanes = 16 / sizeof(T);  // 4 floats, 2 doubles: rows of 8 or more hold two
+  typedef T type __attribute__((vector_size(16)));
 };
 template <typename T>
 inline __attribute__((always_inline)) typename RowVec<T>::type row_load(const T* p) {
@@ -40,12 +41,13 @@ inline __attribute__((always_inline)) void row_store(T* p, const typename RowVec
   std::memcpy(p, &v, sizeof v);
 }
 template <typename T, typename Op>
-inline __attribute__((always_inline)) void row_vectors(int64_t n, T* dst, const Op& op) {  // n >= kRowLanes
+inline __attribute__((always_inline)) void row_vectors(int64_t n, T* dst, const Op& op) {  // n >= 2 vectors
+  constexpr int64_t V = RowVec<T>::lanes;
   int64_t i = 0;
-  for (; i + 2 * kRowLanes < n; i += kRowLanes) row_store(dst + i, op(i));
-  const auto a = op(i), b = op(n - kRowLanes);
+  for (; i + 2 * V < n; i += V) row_store(dst + i, op(i));
+  const auto a = op(i), b = op(n - V);
   row_store(dst + i, a);
-  row_store(dst + n - kRowLanes, b);
+  row_store(dst + n - V, b);
 }
 
 // Channel-major (channels, Hi, Wi) -> query side (channels, Ho, row): pixel (yo·step, xo·step).
@@ -58,7 +60,7 @@ TRANSLUTION_EXT_ROW_COPIES void to_query_side(const ShiftLayout& l, const scalar
       const scalar_t* __restrict__ s = src + (c * Hi + yo * step) * Wi;
       T* __restrict__ d = dst + c * l.Ho_row() + yo * l.row + l.margin;
       if constexpr (std::is_same_v<scalar_t, T>)
-        if (step == 1 && l.Wo >= kRowLanes) {
+        if (step == 1 && l.Wo >= 8) {
           row_vectors(l.Wo, d, [&](int64_t i) { return row_load(s + i); });
           continue;
         }
@@ -79,7 +81,7 @@ TRANSLUTION_EXT_ROW_COPIES void from_query_side(const ShiftLayout& l, const T* s
       const T* __restrict__ s = src + c * l.Ho_row() + yo * l.row + l.margin;
       out_t* __restrict__ d = dst + (c * Hi + yo * step) * Wi;
       if constexpr (std::is_same_v<out_t, T>)
-        if (step == 1 && l.Wo >= kRowLanes) {
+        if (step == 1 && l.Wo >= 8) {
           row_vectors(l.Wo, d, [&](int64_t i) { return row_load(s + i); });
           continue;
         }
