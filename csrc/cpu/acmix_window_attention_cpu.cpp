@@ -50,14 +50,15 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q_in, const at:
       T *ks = w.ks.data_ptr<T>(), *vs = w.vs.data_ptr<T>();
       for (int64_t p = first; p < last; ++p) {
         const int64_t base = p * g.hd * HW;  // channels p·hd.. of the (B·heads·hd, H, W) maps
+        // Each map is converted right before its first use (less to keep in cache at a time).
         to_query_side(l, qp + base, g.hd, g.H, g.W, stride, qs);
         to_key_side(l, plan, kp + base, pp, g.H, g.W, ks);
-        to_key_side(l, plan, vp + base, static_cast<const scalar_t*>(nullptr), g.H, g.W, vs);
         shift_dot(l, qs, ks, as);
         softmax_u(l, as, scale);
+        from_query_side(l, as, l.U, g.Ho, g.Wo, 1, attn.data_ptr<T>() + p * l.U * HoWo);
+        to_key_side(l, plan, vp + base, static_cast<const scalar_t*>(nullptr), g.H, g.W, vs);
         shift_sum(l, as, vs, os);
         from_query_side(l, os, g.hd, g.Ho, g.Wo, 1, out.data_ptr<scalar_t>() + p * g.hd * HoWo);
-        from_query_side(l, as, l.U, g.Ho, g.Wo, 1, attn.data_ptr<T>() + p * l.U * HoWo);
       }
     });
   });
@@ -90,20 +91,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
       T *ks = w.ks.data_ptr<T>(), *vs = w.vs.data_ptr<T>(), *gs = gos.data_ptr<T>();
       for (int64_t p = first; p < last; ++p) {
         const int64_t base = p * g.hd * HW;
-        to_query_side(l, qp + base, g.hd, g.H, g.W, stride, qs);
+        // Each map is converted right before its first use and each gradient written back
+        // right after it is done (less to keep in cache at a time).  Back to (hd, H, W): q's
+        // at the window centres; k's and v's fold the padding back.
         to_query_side(l, gp + p * g.hd * HoWo, g.hd, g.Ho, g.Wo, 1, gs);
-        to_query_side(l, attn.data_ptr<T>() + p * l.U * HoWo, l.U, g.Ho, g.Wo, 1, as);
-        to_key_side(l, plan, kp + base, pp, g.H, g.W, ks);
         to_key_side(l, plan, vp + base, static_cast<const scalar_t*>(nullptr), g.H, g.W, vs);
         shift_dot(l, gs, vs, dls);  // dA
-        softmax_backward_u(l, as, dls, scale);  // dA -> dlogit
-        shift_sum(l, dls, ks, ms);              // dq on the query side
-        shift_scatter(l, dls, qs, ks);          // k − pe's gradient, padded
-        shift_scatter(l, as, gs, vs);           // v's gradient, padded
-        // Back to (hd, H, W): q's at the window centres; k's and v's fold the padding back.
-        from_query_side(l, ms, g.hd, g.H, g.W, stride, dq.data_ptr<T>() + base);
-        from_key_side(l, plan, ks, g.H, g.W, dk.data_ptr<T>() + base);
+        to_query_side(l, attn.data_ptr<T>() + p * l.U * HoWo, l.U, g.Ho, g.Wo, 1, as);
+        shift_scatter(l, as, gs, vs);  // v's gradient, padded
         from_key_side(l, plan, vs, g.H, g.W, dv.data_ptr<T>() + base);
+        softmax_backward_u(l, as, dls, scale);  // dA -> dlogit
+        to_key_side(l, plan, kp + base, pp, g.H, g.W, ks);
+        shift_sum(l, dls, ks, ms);  // dq on the query side
+        from_query_side(l, ms, g.hd, g.H, g.W, stride, dq.data_ptr<T>() + base);
+        to_query_side(l, qp + base, g.hd, g.H, g.W, stride, qs);
+        shift_scatter(l, dls, qs, ks);  // k − pe's gradient, padded
+        from_key_side(l, plan, ks, g.H, g.W, dk.data_ptr<T>() + base);
       }
     });
   });

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -16,6 +18,38 @@ namespace translution_ext {
 // Copies that run row by row write their short rows with inline loops (no library call per row).
 #define TRANSLUTION_EXT_ROW_COPIES __attribute__((optimize("no-tree-loop-distribute-patterns")))
 
+// Rows of 8 or more values go by 16-byte vectors (one register of every x86-64 build; wider
+// GCC vectors would be split and spilled in this baseline-compiled file), the last one
+// overlapping its neighbour where the length is not a multiple of the lanes.  op(i) returns
+// the new values of dst[i ..]; the last two vectors are both computed before either is
+// stored, so op may read dst (an add in place stays correct).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+template <typename T>
+struct RowVec {
+  static constexpr int64_t lanes = 16 / sizeof(T);  // 4 floats, 2 doubles: rows of 8 or more hold two
+  typedef T type __attribute__((vector_size(16)));
+};
+template <typename T>
+inline __attribute__((always_inline)) typename RowVec<T>::type row_load(const T* p) {
+  typename RowVec<T>::type v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename T>
+inline __attribute__((always_inline)) void row_store(T* p, const typename RowVec<T>::type& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+template <typename T, typename Op>
+inline __attribute__((always_inline)) void row_vectors(int64_t n, T* dst, const Op& op) {  // n >= 2 vectors
+  constexpr int64_t V = RowVec<T>::lanes;
+  int64_t i = 0;
+  for (; i + 2 * V < n; i += V) row_store(dst + i, op(i));
+  const auto a = op(i), b = op(n - V);
+  row_store(dst + i, a);
+  row_store(dst + n - V, b);
+}
+
 // Channel-major (channels, Hi, Wi) -> query side (channels, Ho, row): pixel (yo·step, xo·step).
 // Writes the output pixels only: dst's margins must be zero (a buffer zeroed once keeps them so).
 template <typename scalar_t, typename T>
@@ -25,6 +59,11 @@ TRANSLUTION_EXT_ROW_COPIES void to_query_side(const ShiftLayout& l, const scalar
     for (int64_t yo = 0; yo < l.Ho; ++yo) {
       const scalar_t* __restrict__ s = src + (c * Hi + yo * step) * Wi;
       T* __restrict__ d = dst + c * l.Ho_row() + yo * l.row + l.margin;
+      if constexpr (std::is_same_v<scalar_t, T>)
+        if (step == 1 && l.Wo >= 8) {
+          row_vectors(l.Wo, d, [&](int64_t i) { return row_load(s + i); });
+          continue;
+        }
       if (step == 1)
         for (int64_t xo = 0; xo < l.Wo; ++xo) d[xo] = T(s[xo]);
       else
@@ -39,8 +78,13 @@ TRANSLUTION_EXT_ROW_COPIES void from_query_side(const ShiftLayout& l, const T* s
                      out_t* dst) {
   for (int64_t c = 0; c < channels; ++c)
     for (int64_t yo = 0; yo < l.Ho; ++yo) {
-      const T* s = src + c * l.Ho_row() + yo * l.row + l.margin;
-      out_t* d = dst + (c * Hi + yo * step) * Wi;
+      const T* __restrict__ s = src + c * l.Ho_row() + yo * l.row + l.margin;
+      out_t* __restrict__ d = dst + (c * Hi + yo * step) * Wi;
+      if constexpr (std::is_same_v<out_t, T>)
+        if (step == 1 && l.Wo >= 8) {
+          row_vectors(l.Wo, d, [&](int64_t i) { return row_load(s + i); });
+          continue;
+        }
       for (int64_t xo = 0; xo < l.Wo; ++xo) d[xo * step] = static_cast<out_t>(s[xo]);
     }
 }
@@ -94,10 +138,17 @@ TRANSLUTION_EXT_ROW_COPIES void to_key_side(const ShiftLayout& l, const KeyPlan&
       T* __restrict__ to = dst + d * l.key_plane() + r * l.s * l.cols;
       for (const auto& run : plan.long_runs) {
         T* __restrict__ t = to + run.dst;
-        if (b)
-          for (int64_t i = 0; i < run.n; ++i) t[i] = T(a[run.src + i]) - T(b[run.src + i]);
-        else
-          for (int64_t i = 0; i < run.n; ++i) t[i] = T(a[run.src + i]);
+        const scalar_t *__restrict__ ar = a + run.src, *__restrict__ br = b ? b + run.src : nullptr;
+        if constexpr (std::is_same_v<scalar_t, T>) {  // runs are of 8 or more columns
+          if (br)
+            row_vectors(run.n, t, [&](int64_t i) { return row_load(ar + i) - row_load(br + i); });
+          else
+            row_vectors(run.n, t, [&](int64_t i) { return row_load(ar + i); });
+        } else if (br) {
+          for (int64_t i = 0; i < run.n; ++i) t[i] = T(ar[i]) - T(br[i]);
+        } else {
+          for (int64_t i = 0; i < run.n; ++i) t[i] = T(ar[i]);
+        }
       }
       if (b)
         for (const auto& [to_at, from_at] : plan.singles) to[to_at] = T(a[from_at]) - T(b[from_at]);
@@ -106,33 +157,46 @@ TRANSLUTION_EXT_ROW_COPIES void to_key_side(const ShiftLayout& l, const KeyPlan&
     }
 }
 
-// The adjoint: dst (hd, H, W) = the padded key side folded back (reflected pixels add up, in
-// the order of the padded rows, each row's long runs before its single columns).
+// The adjoint: dst (hd, H, W) = the padded key side folded back.  Reflected pixels add up in a
+// fixed order: the long runs of every padded row that reflects source row h (in the order of
+// the padded rows, summed in registers and stored once), then, once the channel's rows are
+// done, the single columns of each padded row in order (by then the runs' stores have left
+// the store buffer, so their loads do not wait on them).
 template <typename T>
 TRANSLUTION_EXT_ROW_COPIES void from_key_side(const ShiftLayout& l, const KeyPlan& plan, const T* src, int64_t H,
                                               int64_t W, T* dst) {
-  for (int64_t d = 0; d < l.hd; ++d)
+  const int64_t pitch = l.s * l.cols;  // one padded row
+  for (int64_t d = 0; d < l.hd; ++d) {
+    const T* __restrict__ from = src + d * l.key_plane();
     for (int64_t h = 0; h < H; ++h) {
       T* __restrict__ to = dst + (d * H + h) * W;
-      bool first = true;  // the first padded row writes the source row, the others add to it
-      if (!plan.run_covers_row || plan.rows_of[h].empty())
+      const std::vector<int64_t>& rows = plan.rows_of[h];
+      const int64_t nr = static_cast<int64_t>(rows.size());
+      const bool covers = plan.run_covers_row && nr > 0;  // the first padded row writes every column
+      if (!covers)
         for (int64_t x = 0; x < W; ++x) to[x] = T(0);
-      for (const int64_t r : plan.rows_of[h]) {
-        const T* __restrict__ from = src + d * l.key_plane() + r * l.s * l.cols;
-        for (const auto& run : plan.long_runs) {
-          T* __restrict__ t = to + run.src;
-          const T* __restrict__ f = from + run.dst;
-          if (first && plan.run_covers_row)
-            for (int64_t i = 0; i < run.n; ++i) t[i] = f[i];
-          else
-            for (int64_t i = 0; i < run.n; ++i) t[i] += f[i];
-        }
-        for (const auto& [from_at, to_at] : plan.singles) to[to_at] += from[from_at];
-        first = false;
+      for (const auto& run : plan.long_runs) {
+        T* __restrict__ t = to + run.src;
+        const T* __restrict__ f = from + run.dst;
+        row_vectors(run.n, t, [&](int64_t i) {
+          auto v = covers ? row_load(f + rows[0] * pitch + i) : row_load<T>(t + i);
+          for (int64_t k = covers ? 1 : 0; k < nr; ++k) v += row_load(f + rows[k] * pitch + i);
+          return v;
+        });
       }
     }
+    if (!plan.singles.empty())
+      for (int64_t h = 0; h < H; ++h) {
+        T* __restrict__ to = dst + (d * H + h) * W;
+        for (const int64_t r : plan.rows_of[h]) {
+          const T* __restrict__ f = from + r * pitch;
+          for (const auto& [from_at, to_at] : plan.singles) to[to_at] += f[from_at];
+        }
+      }
+  }
 }
 
+#pragma GCC diagnostic pop
 #undef TRANSLUTION_EXT_ROW_COPIES
 
 }  // namespace translution_ext

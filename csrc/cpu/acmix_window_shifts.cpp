@@ -70,10 +70,13 @@ int shift_isa() {
 }
 
 ShiftLayout shift_layout(int64_t hd, int64_t window, int64_t stride, int64_t Ho, int64_t Wo) {
-  const auto round_up = [](int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; };
+  const auto round_up = [](int64_t n, int64_t to) { return (n + to - 1) / to * to; };
   const int64_t margin = (window - 1) / stride;
-  // A run starting at the last output pixels reads phase columns up to round_up(Wo) + margin.
-  const int64_t cols = round_up(round_up(Wo) + margin);
+  // A run starting at the last output pixels reads phase columns up to round_up(Wo) + margin;
+  // shift_scatter writes the used phase columns (Wo + margin at most) in runs of kLanes, the
+  // last one of kLanes / 2 or fewer: a multiple of kLanes / 2 covers both.  (Narrower than
+  // a multiple of kLanes: less memory to stream through the cache for small maps.)
+  const int64_t cols = round_up(round_up(Wo, kLanes) + margin, kLanes / 2);
   return {hd,   window, stride, Ho, Wo, window * window, margin, (Ho - 1) * stride + window, cols, margin + cols,
           shift_isa()};
 }
