@@ -26,10 +26,6 @@ namespace translution_ext {
 
 namespace {
 
-int64_t cpu_threads(const at::Device& device) {
-  return device.is_cpu() ? std::max<int64_t>(1, at::get_num_threads()) : 1;
-}
-
 // Multiply-adds of one pair and batch item in the forward: each role's projection and the
 // scores / weighted sum (the backward does about three times as many).
 int64_t pair_work(const AttentionPlan& plan) {
@@ -97,16 +93,6 @@ Operands to_opmath(const AttentionInputs& in, at::ScalarType op) {
   return o;
 }
 
-// Runs fn(first, last) over [0, n): in parallel on the CPU thread pool, in order elsewhere
-// (device work is queued on one stream).
-template <typename F>
-void for_work_items(const at::Device& device, int64_t n, int64_t work_per_item, const F& fn) {
-  if (device.is_cpu())
-    parallel_for_items(0, n, work_per_item, fn);
-  else if (n > 0)
-    fn(0, n);
-}
-
 
 // The role's per-head vectors for the pairs reading token rows `rows` of group g:
 // (B, P, H, ds + dr), the shared part first.
@@ -159,13 +145,12 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_aten(
   at::Tensor out = at::empty({B, N, H * dv}, opts);
   at::Tensor lse = at::empty({B, H, N}, opts);
   if (B == 0 || N == 0) return {out.to(dtype), lse};
-  const at::Device device = key_index.device();
-  const std::vector<int64_t> starts = row_blocks(*plan.groups, N, cpu_threads(device));
+  const std::vector<int64_t> starts = row_blocks(*plan.groups, N, std::max(1, at::get_num_threads()));
   const int64_t blocks = static_cast<int64_t>(starts.size()) - 1;
   const at::Tensor& pair_i = plan.groups->pair_i_on_device;
   const at::Tensor& pair_j = plan.groups->pair_j_on_device;
   const int64_t pairs = static_cast<int64_t>(plan.groups->pair_i.size());
-  for_work_items(device, blocks, B * pairs / blocks * pair_work(plan), [&](int64_t first, int64_t last) {
+  parallel_for_items(0, blocks, B * pairs / blocks * pair_work(plan), [&](int64_t first, int64_t last) {
     for (int64_t blk = first; blk < last; ++blk) {
       const int64_t i0 = starts[blk], i1 = starts[blk + 1], rows = i1 - i0;
       // The block's pairs in every group: pair_i is sorted within a group.
@@ -240,14 +225,13 @@ AttentionGrads attention_backward_aten(
       if (!owned[cls]) grad_table[r].select(0, cls).zero_();
   }
   // Per-thread token gradients: slots 0..2 the shared parts, 3..5 the sources.
-  const at::Device device = key_index.device();
-  const std::vector<std::vector<int64_t>> lists = group_lists(*plan.groups, cpu_threads(device));
+  const std::vector<std::vector<int64_t>> lists = group_lists(*plan.groups, std::max(1, at::get_num_threads()));
   std::vector<std::array<at::Tensor, 6>> local(lists.size());
   const at::Tensor& pair_i = plan.groups->pair_i_on_device;
   const at::Tensor& pair_j = plan.groups->pair_j_on_device;
 
   const int64_t pairs = static_cast<int64_t>(plan.groups->pair_i.size()), slots = static_cast<int64_t>(lists.size());
-  for_work_items(device, slots, 3 * B * pairs / slots * pair_work(plan), [&](int64_t first, int64_t last) {
+  parallel_for_items(0, slots, 3 * B * pairs / slots * pair_work(plan), [&](int64_t first, int64_t last) {
     for (int64_t t = first; t < last; ++t) {
       auto& mine = local[t];
       for (int r = 0; r < 3; ++r) {

@@ -170,6 +170,14 @@ ISA_CASES = [  # (heads, hd, H, W, window, stride)
 
 
 @requires_native
+def test_unknown_cpu_isa_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRANSLUTION_EXT_CPU_ISA", "sse9")
+    q, k, v, pe = op_inputs(b=1, heads=2, hd=4, h=5, w=5, seed=1)
+    with pytest.raises(ValueError, match="TRANSLUTION_EXT_CPU_ISA must be unset or one of avx512, avx2, baseline, got 'sse9'"):
+        acmix_window_attention(q, k, v, pe, 2, 3, 1)
+
+
+@requires_native
 @pytest.mark.parametrize("isa", ["best", "avx2", "baseline"])
 @pytest.mark.parametrize("heads,hd,h,w,window,stride", ISA_CASES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -19,6 +19,8 @@
 // each build, so each build's copy carries its own instruction set.
 #include "acmix_window_shifts.h"
 
+#include <c10/util/Exception.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -63,9 +65,13 @@ int best_isa() {
 int shift_isa() {
   static const int best = best_isa();
   // TRANSLUTION_EXT_CPU_ISA=avx2 or baseline caps the build used (tests run every build).
-  const char* cap = std::getenv("TRANSLUTION_EXT_CPU_ISA");
-  if (cap && std::string(cap) == "baseline") return kIsaBaseline;
-  if (cap && std::string(cap) == "avx2") return std::min(best, static_cast<int>(kIsaAvx2));
+  const char* cap_env = std::getenv("TRANSLUTION_EXT_CPU_ISA");
+  const std::string cap = cap_env ? cap_env : "";
+  if (cap == "baseline") return kIsaBaseline;
+  if (cap == "avx2") return std::min(best, static_cast<int>(kIsaAvx2));
+  TORCH_CHECK_VALUE(cap.empty() || cap == "avx512",
+                    "acmix_window_attention: TRANSLUTION_EXT_CPU_ISA must be unset or one of avx512, avx2, "
+                    "baseline, got '", cap, "'");
   return best;
 }
 
