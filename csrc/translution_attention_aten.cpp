@@ -2,17 +2,19 @@
 // parallel on the thread pool (BLAS GEMMs inside).  Registered in
 // cpu/translution_attention_cpu.cpp; CUDA has its own kernels (cuda/translution_attention_*).
 //
-// Forward, per block of query rows (one work item each): for every pair group
-// (one q class, one k/v class) the block's pairs gather their token rows and project
-// them with one table row each — dense (B*P, C) x (C, D) GEMMs — into scores kept for
-// the block only, (B, H, rows, N); softmax and the log-sum-exp per row; then the
-// values are projected the same way and summed into the block's output rows.
+// Forward: for every pair group (one q class, one k/v class) the pairs gather their token rows
+// and project them with one table row each — dense (B*P, C) x (C, D) GEMMs — into scores;
+// softmax and the log-sum-exp per row; then the values are projected the same way and summed
+// into the output rows.  On several threads with a score matrix (B, H, N, N) of at most 64 MB,
+// whole groups run on the threads (forward_by_groups); otherwise blocks of query rows, with the
+// scores of one block at a time, (B, H, rows, N) (forward_by_row_blocks).
 // Backward, per pair group (each on one thread, so each table row's gradient has one
-// writer): q, k, v and the softmax weights are recomputed from the saved log-sum-exp
-// (the FlashAttention scheme), the per-pair gradients feed one GEMM per table row,
-// and the token gradients go to per-thread buffers summed in thread order.
-// Nothing of size N x N x (C or D) is stored; the per-block scores are O(B·H·rows·N).
+// writer): q, k and the softmax weights are recomputed from the saved log-sum-exp
+// (the FlashAttention scheme); v is not (value_backward_terms); the per-pair gradients feed one
+// GEMM per table row, and the token gradients go to per-thread buffers summed in thread order.
+// Nothing of size N x N x (C or D) is stored.
 // Deterministic: every output element has one writer, the thread buffers are summed in order.
+#include <ATen/Dispatch.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
@@ -94,19 +96,82 @@ Operands to_opmath(const AttentionInputs& in, at::ScalarType op) {
 }
 
 
-// The role's per-head vectors for the pairs reading token rows `rows` of group g:
-// (B, P, H, ds + dr), the shared part first.
-at::Tensor role_rows(const Operands& o, const AttentionPlan& plan, int role, int64_t g, const at::Tensor& rows) {
+// The token rows of each relative role's source that the pairs of a group read, (B*P, Cr): q reads
+// the query rows I, k and v the key rows J.  v shares k's gather when both read the same source
+// (Translution's roles all read x).  Only the roles in `wanted` are gathered.
+std::array<at::Tensor, 3> gather_sources(const Operands& o, const AttentionPlan& plan, const at::Tensor& I,
+                                         const at::Tensor& J, std::array<bool, 3> wanted) {
+  std::array<at::Tensor, 3> rows;
+  for (int r = 0; r < 3; ++r) {
+    if (!wanted[r] || !o.table[r].defined()) continue;
+    if (r == kV && rows[kK].defined() && o.source[kK].is_same(o.source[kV])) {
+      rows[r] = rows[kK];
+      continue;
+    }
+    const at::Tensor& index = r == kQ ? I : J;
+    rows[r] = o.source[r].index_select(1, index).reshape({plan.B * index.numel(), plan.source_dim[r]});
+  }
+  return rows;
+}
+
+// The role's per-head vectors for the pairs reading token rows `rows` of group g, whose source rows
+// are `source_rows` (from gather_sources): (B, P, H, ds + dr), the shared part first.
+at::Tensor role_rows(const Operands& o, const AttentionPlan& plan, int role, int64_t g, const at::Tensor& rows,
+                     const at::Tensor& source_rows) {
   const int64_t B = plan.B, P = rows.numel(), H = plan.H;
   std::vector<at::Tensor> parts;
   if (o.shared[role].defined())
     parts.push_back(o.shared[role].index_select(1, rows).view({B, P, H, plan.shared_dim[role]}));
   if (o.table[role].defined()) {
     const at::Tensor w = o.table[role].select(0, plan.groups->group_class[role][g]);
-    const at::Tensor src = o.source[role].index_select(1, rows).reshape({B * P, plan.source_dim[role]});
-    parts.push_back(at::mm(src, w).view({B, P, H, plan.relative_dim[role]}));
+    parts.push_back(at::mm(source_rows, w).view({B, P, H, plan.relative_dim[role]}));
   }
   return parts.size() == 1 ? parts[0] : at::cat(parts, -1);
+}
+
+// Rows of value-gradient terms per chunk: H x rows x Cv of them stay in L2 between the GEMM that
+// writes them and the loop that reads them.
+constexpr int64_t kValueChunkElements = int64_t(1) << 16;
+
+// The backward of the relative part of v without projecting v (one GEMM pass over the pairs
+// fewer than recompute + source gradient).  Per head h, with g_h = dO_h W_h^T (rows x Cv):
+//   dO_h . v_h = g_h . x_j    (added to dA, (BP, H)),
+//   grad x_j  = sum_h a_h g_h (grad_source, (BP, Cv)).
+// dO_rel: (BP, H, dr) (any strides); w: (Cv, H*dr); source_rows: (BP, Cv); a: (BP, H).
+template <typename T>
+void value_backward_terms(const at::Tensor& dO_rel, const at::Tensor& w, const at::Tensor& source_rows,
+                          const at::Tensor& a, at::Tensor& dA, at::Tensor& grad_source) {
+  const int64_t BP = source_rows.size(0), Cv = source_rows.size(1), H = dO_rel.size(1), dr = dO_rel.size(2);
+  const at::Tensor w_heads = w.view({Cv, H, dr}).permute({1, 2, 0});  // (H, dr, Cv)
+  const int64_t chunk = std::max<int64_t>(8, kValueChunkElements / std::max<int64_t>(1, H * Cv));
+  const T* x = source_rows.const_data_ptr<T>();
+  const T* weights = a.const_data_ptr<T>();
+  T* dot = dA.mutable_data_ptr<T>();
+  T* gx = grad_source.mutable_data_ptr<T>();
+  for (int64_t m0 = 0; m0 < BP; m0 += chunk) {
+    const int64_t m1 = std::min(BP, m0 + chunk);
+    const at::Tensor g = at::bmm(dO_rel.slice(0, m0, m1).transpose(0, 1), w_heads).contiguous();  // (H, m, Cv)
+    const T* gp = g.const_data_ptr<T>();
+    for (int64_t m = m0; m < m1; ++m) {
+      const T* xm = x + m * Cv;
+      T* out = gx + m * Cv;
+      std::fill(out, out + Cv, T(0));
+      for (int64_t h = 0; h < H; ++h) {
+        const T* gh = gp + (h * (m1 - m0) + (m - m0)) * Cv;
+        const T ah = weights[m * H + h];
+        // Eight partial sums: the compiler vectorises the dot product without reassociating.
+        T partial[8] = {};
+        int64_t c = 0;
+        for (; c + 8 <= Cv; c += 8)
+          for (int l = 0; l < 8; ++l) partial[l] += gh[c + l] * xm[c + l];
+        T sum = 0;
+        for (; c < Cv; ++c) sum += gh[c] * xm[c];
+        for (int l = 0; l < 8; ++l) sum += partial[l];
+        dot[m * H + h] += sum;
+        for (c = 0; c < Cv; ++c) out[c] += ah * gh[c];
+      }
+    }
+  }
 }
 
 AttentionInputs make_inputs(const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k,
@@ -126,6 +191,105 @@ at::ScalarType input_dtype(const AttentionInputs& in) {
   return at::kFloat;
 }
 
+// Scaled scores of the pairs of group g: (B, P, H).
+at::Tensor pair_scores(const Operands& o, const AttentionPlan& plan, double scale, int64_t g, const at::Tensor& I,
+                       const at::Tensor& J) {
+  const std::array<at::Tensor, 3> src = gather_sources(o, plan, I, J, {true, true, false});
+  return (role_rows(o, plan, kQ, g, I, src[kQ]) * role_rows(o, plan, kK, g, J, src[kK])).sum(-1).mul_(scale);
+}
+
+// The pairs' weighted values a * v of group g, a: (B, P, H): (B, P, H * dv).
+at::Tensor weighted_values(const Operands& o, const AttentionPlan& plan, int64_t g, const at::Tensor& J,
+                           const at::Tensor& a) {
+  const at::Tensor src = gather_sources(o, plan, J, J, {false, false, true})[kV];
+  return (a.unsqueeze(-1) * role_rows(o, plan, kV, g, J, src)).reshape({plan.B, J.numel(), -1});
+}
+
+// Full score matrices up to this many elements (64 MB of fp32): the forward then runs whole pair
+// groups on the threads, as the backward does, so that every group is one GEMM of B * P rows.
+// Splitting query rows between threads halved those GEMMs (and their speed at small grids).
+constexpr int64_t kMaxFullScoreElements = int64_t(1) << 24;
+
+// Forward by pair groups, for score matrices (B, H, N, N) of at most kMaxFullScoreElements: the
+// scores of every group (one writer per element), the softmax, then the weighted values of each
+// thread's groups into a buffer per thread, summed in thread order (deterministic for a thread count).
+void forward_by_groups(const Operands& o, const AttentionPlan& plan, double scale, at::Tensor& out, at::Tensor& lse) {
+  const int64_t B = plan.B, N = plan.N, H = plan.H;
+  const PairGroups& groups = *plan.groups;
+  const std::vector<std::vector<int64_t>> lists = group_lists(groups, std::max(1, at::get_num_threads()));
+  const int64_t slots = static_cast<int64_t>(lists.size()), pairs = static_cast<int64_t>(groups.pair_i.size());
+  const int64_t work = B * pairs / slots * pair_work(plan);
+  auto pair_slices = [&](int64_t g) {
+    const int64_t b = groups.group_begin[g], e = groups.group_begin[g + 1];
+    return std::array<at::Tensor, 2>{groups.pair_i_on_device.slice(0, b, e), groups.pair_j_on_device.slice(0, b, e)};
+  };
+  at::Tensor scores = at::full({B, H, N, N}, -std::numeric_limits<double>::infinity(), out.options());
+  parallel_for_items(0, slots, work, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t)
+      for (const int64_t g : lists[t]) {
+        const auto [I, J] = pair_slices(g);
+        scores.index_put_({Slice(), Slice(), I, J}, pair_scores(o, plan, scale, g, I, J).permute({0, 2, 1}));
+      }
+  });
+  lse.copy_(at::logsumexp(scores, -1));
+  const at::Tensor weights = scores.sub_(lse.unsqueeze(-1)).exp_();
+  std::vector<at::Tensor> partial(slots);
+  parallel_for_items(0, slots, work, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      partial[t] = at::zeros_like(out);
+      for (const int64_t g : lists[t]) {
+        const auto [I, J] = pair_slices(g);
+        const at::Tensor a = weights.index({Slice(), Slice(), I, J}).permute({0, 2, 1});  // (B, P, H)
+        partial[t].index_add_(1, I, weighted_values(o, plan, g, J, a));
+      }
+    }
+  });
+  out.copy_(partial[0]);
+  for (int64_t t = 1; t < slots; ++t) out.add_(partial[t]);
+}
+
+// Forward by blocks of query rows, for any size: the scores of one block, (B, H, rows, N), at a time.
+// Rows are computed independently, so the result does not depend on the blocks.
+void forward_by_row_blocks(const Operands& o, const AttentionPlan& plan, double scale, at::Tensor& out,
+                           at::Tensor& lse) {
+  const int64_t B = plan.B, N = plan.N, H = plan.H, G = plan.num_groups();
+  const PairGroups& groups = *plan.groups;
+  const std::vector<int64_t> starts = row_blocks(groups, N, std::max(1, at::get_num_threads()));
+  const int64_t blocks = static_cast<int64_t>(starts.size()) - 1;
+  const int64_t pairs = static_cast<int64_t>(groups.pair_i.size());
+  parallel_for_items(0, blocks, B * pairs / blocks * pair_work(plan), [&](int64_t first, int64_t last) {
+    for (int64_t blk = first; blk < last; ++blk) {
+      const int64_t i0 = starts[blk], i1 = starts[blk + 1], rows = i1 - i0;
+      // The block's pairs in every group: pair_i is sorted within a group.
+      struct Segment {
+        int64_t g;
+        at::Tensor local, J;  // the block's rows (from i0) and key tokens of the group's pairs
+      };
+      std::vector<Segment> segments;
+      for (int64_t g = 0; g < G; ++g) {
+        const auto gb = groups.pair_i.begin() + groups.group_begin[g];
+        const auto ge = groups.pair_i.begin() + groups.group_begin[g + 1];
+        const int64_t b = std::lower_bound(gb, ge, i0) - groups.pair_i.begin();
+        const int64_t e = std::lower_bound(gb, ge, i1) - groups.pair_i.begin();
+        if (b < e) segments.push_back({g, groups.pair_i_on_device.slice(0, b, e) - i0, groups.pair_j_on_device.slice(0, b, e)});
+      }
+      at::Tensor scores = at::full({B, H, rows, N}, -std::numeric_limits<double>::infinity(), out.options());
+      for (const Segment& seg : segments)
+        scores.index_put_({Slice(), Slice(), seg.local, seg.J},
+                          pair_scores(o, plan, scale, seg.g, seg.local + i0, seg.J).permute({0, 2, 1}));
+      at::Tensor block_lse = at::logsumexp(scores, -1);  // (B, H, rows)
+      at::Tensor weights = scores.sub_(block_lse.unsqueeze(-1)).exp_();
+      at::Tensor block_out = at::zeros({B, rows, out.size(2)}, out.options());
+      for (const Segment& seg : segments) {
+        at::Tensor a = weights.index({Slice(), Slice(), seg.local, seg.J}).permute({0, 2, 1});  // (B, P, H)
+        block_out.index_add_(1, seg.local, weighted_values(o, plan, seg.g, seg.J, a));
+      }
+      out.narrow(1, i0, rows).copy_(block_out);
+      lse.narrow(2, i0, rows).copy_(block_lse);
+    }
+  });
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> attention_forward_aten(
@@ -141,49 +305,14 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_aten(
   const auto dtype = input_dtype(in);
   const Operands o = to_opmath(in, attention_opmath(dtype));
   const auto opts = at::TensorOptions().dtype(attention_opmath(dtype)).device(key_index.device());
-  const int64_t B = plan.B, N = plan.N, H = plan.H, dv = plan.head_dim(kV), G = plan.num_groups();
+  const int64_t B = plan.B, N = plan.N, H = plan.H, dv = plan.head_dim(kV);
   at::Tensor out = at::empty({B, N, H * dv}, opts);
   at::Tensor lse = at::empty({B, H, N}, opts);
   if (B == 0 || N == 0) return {out.to(dtype), lse};
-  const std::vector<int64_t> starts = row_blocks(*plan.groups, N, std::max(1, at::get_num_threads()));
-  const int64_t blocks = static_cast<int64_t>(starts.size()) - 1;
-  const at::Tensor& pair_i = plan.groups->pair_i_on_device;
-  const at::Tensor& pair_j = plan.groups->pair_j_on_device;
-  const int64_t pairs = static_cast<int64_t>(plan.groups->pair_i.size());
-  parallel_for_items(0, blocks, B * pairs / blocks * pair_work(plan), [&](int64_t first, int64_t last) {
-    for (int64_t blk = first; blk < last; ++blk) {
-      const int64_t i0 = starts[blk], i1 = starts[blk + 1], rows = i1 - i0;
-      // The block's pairs in every group: pair_i is sorted within a group.
-      std::vector<std::array<int64_t, 3>> segments;  // group, begin, end
-      for (int64_t g = 0; g < G; ++g) {
-        const auto gb = plan.groups->pair_i.begin() + plan.groups->group_begin[g];
-        const auto ge = plan.groups->pair_i.begin() + plan.groups->group_begin[g + 1];
-        const int64_t b = std::lower_bound(gb, ge, i0) - plan.groups->pair_i.begin();
-        const int64_t e = std::lower_bound(gb, ge, i1) - plan.groups->pair_i.begin();
-        if (b < e) segments.push_back({g, b, e});
-      }
-      at::Tensor scores = at::full({B, H, rows, N}, -std::numeric_limits<double>::infinity(), opts);
-      std::vector<std::array<at::Tensor, 2>> idx;  // (rows of the block, key tokens) per segment
-      for (const auto& [g, b, e] : segments) {
-        at::Tensor I = pair_i.slice(0, b, e), J = pair_j.slice(0, b, e);
-        at::Tensor s = (role_rows(o, plan, kQ, g, I) * role_rows(o, plan, kK, g, J)).sum(-1);  // (B, P, H)
-        at::Tensor local = I - i0;
-        scores.index_put_({Slice(), Slice(), local, J}, s.mul_(in.scale).permute({0, 2, 1}));
-        idx.push_back({local, J});
-      }
-      at::Tensor block_lse = at::logsumexp(scores, -1);  // (B, H, rows)
-      at::Tensor weights = (scores - block_lse.unsqueeze(-1)).exp_();
-      at::Tensor block_out = at::zeros({B, rows, H * dv}, opts);
-      for (size_t s = 0; s < segments.size(); ++s) {
-        const auto& [local, J] = idx[s];
-        at::Tensor a = weights.index({Slice(), Slice(), local, J}).permute({0, 2, 1});  // (B, P, H)
-        at::Tensor vv = role_rows(o, plan, kV, segments[s][0], J);                    // (B, P, H, dv)
-        block_out.index_add_(1, local, (a.unsqueeze(-1) * vv).reshape({B, -1, H * dv}));
-      }
-      out.narrow(1, i0, rows).copy_(block_out);
-      lse.narrow(2, i0, rows).copy_(block_lse);
-    }
-  });
+  if (at::get_num_threads() > 1 && B * H * N * N <= kMaxFullScoreElements)
+    forward_by_groups(o, plan, in.scale, out, lse);
+  else
+    forward_by_row_blocks(o, plan, in.scale, out, lse);
   return {out.to(dtype), lse};
 }
 
@@ -241,12 +370,28 @@ AttentionGrads attention_backward_aten(
       for (const int64_t g : lists[t]) {
         const int64_t b = plan.groups->group_begin[g], e = plan.groups->group_begin[g + 1], P = e - b;
         at::Tensor I = pair_i.slice(0, b, e), J = pair_j.slice(0, b, e);
-        at::Tensor qq = role_rows(o, plan, kQ, g, I), kk = role_rows(o, plan, kK, g, J);
-        at::Tensor vv = role_rows(o, plan, kV, g, J);
+        const std::array<at::Tensor, 3> src = gather_sources(o, plan, I, J, {true, true, true});
+        at::Tensor qq = role_rows(o, plan, kQ, g, I, src[kQ]), kk = role_rows(o, plan, kK, g, J, src[kK]);
         at::Tensor s = (qq * kk).sum(-1).mul_(in.scale);                                     // (B, P, H)
-        at::Tensor a = (s - L.index_select(2, I).permute({0, 2, 1})).exp_();                 // (B, P, H)
+        at::Tensor a = (s - L.index_select(2, I).permute({0, 2, 1})).exp_().contiguous();    // (B, P, H)
         at::Tensor dOi = dO.index_select(1, I).view({B, P, H, dv});
-        at::Tensor ds = a * ((dOi * vv).sum(-1) - Drow.index_select(2, I).permute({0, 2, 1}));
+        // dA = dO_i . v per head: the shared part directly, the relative part through
+        // value_backward_terms, which also gives v's source gradient.
+        const int64_t ds_v = plan.shared_dim[kV], dr_v = plan.relative_dim[kV];
+        at::Tensor dA = o.shared[kV].defined()
+                            ? (dOi.narrow(-1, 0, ds_v) *
+                               o.shared[kV].index_select(1, J).view({B, P, H, ds_v})).sum(-1).contiguous()
+                            : at::zeros({B, P, H}, opts);
+        at::Tensor grad_source_v;
+        if (o.table[kV].defined()) {
+          grad_source_v = at::empty({B * P, plan.source_dim[kV]}, opts);
+          const at::Tensor w = o.table[kV].select(0, plan.groups->group_class[kV][g]);
+          AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "translution_attention_backward", [&] {
+            value_backward_terms<scalar_t>(dOi.narrow(-1, ds_v, dr_v).reshape({B * P, H, dr_v}), w, src[kV],
+                                           a, dA, grad_source_v);
+          });
+        }
+        at::Tensor ds = a * (dA - Drow.index_select(2, I).permute({0, 2, 1}));
         ds.mul_(in.scale);
         const std::array<at::Tensor, 3> grads = {ds.unsqueeze(-1) * kk, ds.unsqueeze(-1) * qq,
                                                  a.unsqueeze(-1) * dOi};  // (B, P, H, width)
@@ -258,10 +403,9 @@ AttentionGrads attention_backward_aten(
           if (!o.table[r].defined()) continue;
           const int64_t cls = plan.groups->group_class[r][g];
           const at::Tensor flat = grads[r].narrow(-1, ds_r, dr_r).reshape({B * P, H * dr_r});
-          const at::Tensor src = o.source[r].index_select(1, rows).reshape({B * P, plan.source_dim[r]});
           at::Tensor row = grad_table[r].select(0, cls);  // this group owns row cls
-          at::mm_out(row, src.t(), flat);
-          const at::Tensor grad_source = at::mm(flat, o.table[r].select(0, cls).t());
+          at::mm_out(row, src[r].t(), flat);
+          const at::Tensor grad_source = r == kV ? grad_source_v : at::mm(flat, o.table[r].select(0, cls).t());
           mine[3 + r].index_add_(1, rows, grad_source.view({B, P, plan.source_dim[r]}));
         }
       }
