@@ -5,9 +5,9 @@
 // Forward: for every pair group (one q class, one k/v class) the pairs gather their token rows
 // and project them with one table row each — dense (B*P, C) x (C, D) GEMMs — into scores;
 // softmax and the log-sum-exp per row; then the values are projected the same way and summed
-// into the output rows.  On several threads with a score matrix (B, H, N, N) of at most 64 MB,
-// whole groups run on the threads (forward_by_groups); otherwise blocks of query rows, with the
-// scores of one block at a time, (B, H, rows, N) (forward_by_row_blocks).
+// into the output rows.  The forward runs blocks of at most kBlockRows query rows, the scores of
+// each block (B, H, rows, N) at a time (forward_by_row_blocks), or, on several threads with no more
+// rows than their blocks would hold at once, whole pair groups per thread (forward_by_groups).
 // Backward, per pair group (each on one thread, so each table row's gradient has one
 // writer): q, k and the softmax weights are recomputed from the saved log-sum-exp
 // (the FlashAttention scheme); v is not (value_backward_terms); the per-pair gradients feed one
@@ -28,6 +28,8 @@ namespace translution_ext {
 
 namespace {
 
+constexpr int64_t kBlockRows = 128;  // query rows of a forward block at most: its scores are (B, H, rows, N)
+
 // Multiply-adds of one pair and batch item in the forward: each role's projection and the
 // scores / weighted sum (the backward does about three times as many).
 int64_t pair_work(const AttentionPlan& plan) {
@@ -37,14 +39,15 @@ int64_t pair_work(const AttentionPlan& plan) {
 }
 
 // Forward work items: blocks of query rows [starts[b], starts[b + 1]) with about equal pair counts
-// (a causal row i has i + 1 pairs), as many as a multiple of the threads, of about 128 rows at
+// (a causal row i has i + 1 pairs), as many as a multiple of the threads, of about kBlockRows rows at
 // most: equal row counts left one thread waiting (50 tokens on 2 threads: 32 + 18 rows).  Rows
 // are computed independently, so the result does not depend on the blocks.
 std::vector<int64_t> row_blocks(const PairGroups& groups, int64_t N, int64_t threads) {
   std::vector<int64_t> pairs_before(N + 1, 0);  // pairs of the rows < r
   for (const int64_t i : groups.pair_i) ++pairs_before[i + 1];
   for (int64_t r = 0; r < N; ++r) pairs_before[r + 1] += pairs_before[r];
-  const int64_t wanted = (N + 127) / 128, blocks = std::min(N, (wanted + threads - 1) / threads * threads);
+  const int64_t wanted = (N + kBlockRows - 1) / kBlockRows;
+  const int64_t blocks = std::min(N, (wanted + threads - 1) / threads * threads);
   std::vector<int64_t> starts{0};
   for (int64_t b = 1; b < blocks; ++b) {
     const int64_t target = pairs_before[N] * b / blocks;
@@ -205,14 +208,12 @@ at::Tensor weighted_values(const Operands& o, const AttentionPlan& plan, int64_t
   return (a.unsqueeze(-1) * role_rows(o, plan, kV, g, J, src)).reshape({plan.B, J.numel(), -1});
 }
 
-// Full score matrices up to this many elements (64 MB of fp32): the forward then runs whole pair
-// groups on the threads, as the backward does, so that every group is one GEMM of B * P rows.
-// Splitting query rows between threads halved those GEMMs (and their speed at small grids).
-constexpr int64_t kMaxFullScoreElements = int64_t(1) << 24;
-
-// Forward by pair groups, for score matrices (B, H, N, N) of at most kMaxFullScoreElements: the
-// scores of every group (one writer per element), the softmax, then the weighted values of each
-// thread's groups into a buffer per thread, summed in thread order (deterministic for a thread count).
+// Forward by pair groups, for N <= kBlockRows x threads (then the row blocks' scores would hold all N
+// rows at once too): whole groups run on the threads, as in the backward, so that every group is one
+// GEMM of B * P rows (splitting the query rows between threads halved them, and their speed at small
+// grids).  The scores of every group (one writer per element), the softmax, then the weighted values
+// of each thread's groups into a buffer per thread, summed in thread order (deterministic for a
+// given thread count).
 void forward_by_groups(const Operands& o, const AttentionPlan& plan, double scale, at::Tensor& out, at::Tensor& lse) {
   const int64_t B = plan.B, N = plan.N, H = plan.H;
   const PairGroups& groups = *plan.groups;
@@ -271,7 +272,8 @@ void forward_by_row_blocks(const Operands& o, const AttentionPlan& plan, double 
         const auto ge = groups.pair_i.begin() + groups.group_begin[g + 1];
         const int64_t b = std::lower_bound(gb, ge, i0) - groups.pair_i.begin();
         const int64_t e = std::lower_bound(gb, ge, i1) - groups.pair_i.begin();
-        if (b < e) segments.push_back({g, groups.pair_i_on_device.slice(0, b, e) - i0, groups.pair_j_on_device.slice(0, b, e)});
+        if (b < e)
+          segments.push_back({g, groups.pair_i_on_device.slice(0, b, e) - i0, groups.pair_j_on_device.slice(0, b, e)});
       }
       at::Tensor scores = at::full({B, H, rows, N}, -std::numeric_limits<double>::infinity(), out.options());
       for (const Segment& seg : segments)
@@ -309,7 +311,8 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_aten(
   at::Tensor out = at::empty({B, N, H * dv}, opts);
   at::Tensor lse = at::empty({B, H, N}, opts);
   if (B == 0 || N == 0) return {out.to(dtype), lse};
-  if (at::get_num_threads() > 1 && B * H * N * N <= kMaxFullScoreElements)
+  const int64_t threads = at::get_num_threads();
+  if (threads > 1 && N <= kBlockRows * threads)
     forward_by_groups(o, plan, in.scale, out, lse);
   else
     forward_by_row_blocks(o, plan, in.scale, out, lse);
