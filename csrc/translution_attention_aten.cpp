@@ -132,51 +132,6 @@ at::Tensor role_rows(const Operands& o, const AttentionPlan& plan, int role, int
   return parts.size() == 1 ? parts[0] : at::cat(parts, -1);
 }
 
-// Rows of value-gradient terms per chunk: H x rows x Cv of them stay in L2 between the GEMM that
-// writes them and the loop that reads them.
-constexpr int64_t kValueChunkElements = int64_t(1) << 16;
-
-// The backward of the relative part of v without projecting v (one GEMM pass over the pairs
-// fewer than recompute + source gradient).  Per head h, with g_h = dO_h W_h^T (rows x Cv):
-//   dO_h . v_h = g_h . x_j    (added to dA, (BP, H)),
-//   grad x_j  = sum_h a_h g_h (grad_source, (BP, Cv)).
-// dO_rel: (BP, H, dr) (any strides); w: (Cv, H*dr); source_rows: (BP, Cv); a: (BP, H).
-template <typename T>
-void value_backward_terms(const at::Tensor& dO_rel, const at::Tensor& w, const at::Tensor& source_rows,
-                          const at::Tensor& a, at::Tensor& dA, at::Tensor& grad_source) {
-  const int64_t BP = source_rows.size(0), Cv = source_rows.size(1), H = dO_rel.size(1), dr = dO_rel.size(2);
-  const at::Tensor w_heads = w.view({Cv, H, dr}).permute({1, 2, 0});  // (H, dr, Cv)
-  const int64_t chunk = std::max<int64_t>(8, kValueChunkElements / std::max<int64_t>(1, H * Cv));
-  const T* x = source_rows.const_data_ptr<T>();
-  const T* weights = a.const_data_ptr<T>();
-  T* dot = dA.mutable_data_ptr<T>();
-  T* gx = grad_source.mutable_data_ptr<T>();
-  for (int64_t m0 = 0; m0 < BP; m0 += chunk) {
-    const int64_t m1 = std::min(BP, m0 + chunk);
-    const at::Tensor g = at::bmm(dO_rel.slice(0, m0, m1).transpose(0, 1), w_heads).contiguous();  // (H, m, Cv)
-    const T* gp = g.const_data_ptr<T>();
-    for (int64_t m = m0; m < m1; ++m) {
-      const T* xm = x + m * Cv;
-      T* out = gx + m * Cv;
-      std::fill(out, out + Cv, T(0));
-      for (int64_t h = 0; h < H; ++h) {
-        const T* gh = gp + (h * (m1 - m0) + (m - m0)) * Cv;
-        const T ah = weights[m * H + h];
-        // Eight partial sums: the compiler vectorises the dot product without reassociating.
-        T partial[8] = {};
-        int64_t c = 0;
-        for (; c + 8 <= Cv; c += 8)
-          for (int l = 0; l < 8; ++l) partial[l] += gh[c + l] * xm[c + l];
-        T sum = 0;
-        for (; c < Cv; ++c) sum += gh[c] * xm[c];
-        for (int l = 0; l < 8; ++l) sum += partial[l];
-        dot[m * H + h] += sum;
-        for (c = 0; c < Cv; ++c) out[c] += ah * gh[c];
-      }
-    }
-  }
-}
-
 AttentionInputs make_inputs(const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k,
                             const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& qs,
                             const std::optional<at::Tensor>& ks, const std::optional<at::Tensor>& vs,
@@ -292,6 +247,255 @@ void forward_by_row_blocks(const Operands& o, const AttentionPlan& plan, double 
   });
 }
 
+// ---- Backward ----
+// Per pair group, everything but the GEMMs runs as loops over the group's rows m = b * P + p
+// (batch item b, pair p) in per-thread buffers: at small grids the groups are a few rows and
+// the cost was in the dozens of small ATen operations per group, not in the GEMMs.
+
+// Rows of value-gradient terms per chunk: H x rows x Cv of them stay in cache between the GEMMs
+// that write them and the loop that reads them.
+constexpr int64_t kValueChunkElements = int64_t(1) << 16;
+
+// What every work item of the backward reads, in opmath T and contiguous.
+struct BackwardInputs {
+  const Operands& o;
+  const AttentionPlan& plan;
+  double scale;
+  at::Tensor dO, L, Drow;  // (B, N, H*dv), (B, H, N) log-sum-exp, (B, H, N) <dO_i, O_i>
+  int64_t value_chunk;     // rows per chunk of value-gradient terms
+};
+
+// One thread's buffers, sized for its largest group (rows = B * P) and reused for every group.
+struct BackwardScratch {
+  std::array<at::Tensor, 3> source;       // gathered source rows per relative role (rows, Cr)
+  std::array<at::Tensor, 3> vectors;      // q and k per head, then their gradients and a*dO (rows, H*d)
+  std::array<at::Tensor, 3> grad_vectors;
+  at::Tensor dOi, grad_source, value_terms, weights;  // (rows, H*dv), (rows, Cr), (H, chunk, Cv), (3, rows, H)
+
+  BackwardScratch(const BackwardInputs& in, int64_t rows) {
+    const AttentionPlan& plan = in.plan;
+    const auto opts = in.dO.options();
+    int64_t widest_source = 0;
+    for (int r = 0; r < 3; ++r) {
+      const int64_t width = plan.H * plan.head_dim(r);
+      if (in.o.table[r].defined()) source[r] = at::empty({rows, plan.source_dim[r]}, opts);
+      if (in.o.table[r].defined()) widest_source = std::max(widest_source, plan.source_dim[r]);
+      if (r != kV) vectors[r] = at::empty({rows, width}, opts);
+      grad_vectors[r] = at::empty({rows, width}, opts);
+    }
+    dOi = at::empty({rows, plan.H * plan.head_dim(kV)}, opts);
+    grad_source = at::empty({rows, widest_source}, opts);
+    if (in.o.table[kV].defined()) value_terms = at::empty({plan.H, in.value_chunk, plan.source_dim[kV]}, opts);
+    weights = at::empty({3, rows, plan.H}, opts);
+  }
+};
+
+template <typename T>
+T dot(const T* a, const T* b, int64_t n) {
+  // Eight partial sums: the compiler vectorises them without reassociating.
+  T partial[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8)
+    for (int l = 0; l < 8; ++l) partial[l] += a[c + l] * b[c + l];
+  T sum = 0;
+  for (; c < n; ++c) sum += a[c] * b[c];
+  for (int l = 0; l < 8; ++l) sum += partial[l];
+  return sum;
+}
+
+// to[m, :] = from[b, tokens[p], :] for the rows m = b * P + p; from: (B, N, width).
+template <typename T>
+void gather_rows(const at::Tensor& from, const int64_t* tokens, int64_t B, int64_t P, T* to) {
+  const int64_t N = from.size(1), width = from.size(2);
+  const T* src = from.const_data_ptr<T>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t p = 0; p < P; ++p)
+      std::copy_n(src + (b * N + tokens[p]) * width, width, to + (b * P + p) * width);
+}
+
+// to[b, tokens[p], :] += from[m, :] (from's rows of `width` values, `stride` apart); to: (B, N, width).
+template <typename T>
+void scatter_add_rows(const T* from, int64_t stride, const int64_t* tokens, int64_t B, int64_t P, at::Tensor& to) {
+  const int64_t N = to.size(1), width = to.size(2);
+  T* dst = to.mutable_data_ptr<T>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t p = 0; p < P; ++p) {
+      const T* row = from + (b * P + p) * stride;
+      T* out = dst + (b * N + tokens[p]) * width;
+      for (int64_t c = 0; c < width; ++c) out[c] += row[c];
+    }
+}
+
+// The relative part of role r per head, (rows, dr) with rows H*d apart, of a (rows, H*d) buffer.
+at::Tensor relative_part(const at::Tensor& per_head, const AttentionPlan& plan, int r, int64_t h) {
+  const int64_t d = plan.head_dim(r), ds = plan.shared_dim[r], dr = plan.relative_dim[r];
+  return per_head.narrow(1, h * d + ds, dr);
+}
+
+// The backward of group g: table rows of its classes (owned by this group), token gradients added
+// to `mine` (slots 0..2 the shared parts, 3..5 the sources).
+template <typename T>
+void backward_group(const BackwardInputs& in, int64_t g, BackwardScratch& scratch, std::array<at::Tensor, 6>& mine,
+                    std::array<at::Tensor, 3>& grad_table) {
+  const Operands& o = in.o;
+  const AttentionPlan& plan = in.plan;
+  const PairGroups& groups = *plan.groups;
+  const int64_t B = plan.B, N = plan.N, H = plan.H, dv = plan.head_dim(kV), dqk = plan.head_dim(kQ);
+  const int64_t first = groups.group_begin[g], P = groups.group_begin[g + 1] - first, M = B * P;
+  const std::array<const int64_t*, 3> tokens = {groups.pair_i.data() + first, groups.pair_j.data() + first,
+                                                groups.pair_j.data() + first};
+  const int64_t* I = tokens[kQ];
+  std::array<at::Tensor, 3> table, dW, x;
+  for (int r = 0; r < 3; ++r) {
+    if (!o.table[r].defined()) continue;
+    table[r] = o.table[r].select(0, groups.group_class[r][g]);
+    dW[r] = grad_table[r].select(0, groups.group_class[r][g]);
+    if (M == 0) {
+      dW[r].zero_();
+      continue;
+    }
+    if (r == kV && x[kK].defined() && o.source[kK].is_same(o.source[kV])) {
+      x[r] = x[kK];
+      continue;
+    }
+    x[r] = scratch.source[r].narrow(0, 0, M);
+    gather_rows<T>(o.source[r], tokens[r], B, P, x[r].mutable_data_ptr<T>());
+  }
+  if (M == 0) return;
+
+  // q and k per head: [shared | relative] (the relative part one GEMM, or one per head when both).
+  for (int r : {kQ, kK}) {
+    const int64_t d = plan.head_dim(r), ds = plan.shared_dim[r], dr = plan.relative_dim[r];
+    at::Tensor vec = scratch.vectors[r].narrow(0, 0, M);
+    if (ds > 0) {
+      const T* shared = o.shared[r].const_data_ptr<T>();
+      T* out = vec.mutable_data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t p = 0; p < P; ++p)
+          for (int64_t h = 0; h < H; ++h)
+            std::copy_n(shared + ((b * N + tokens[r][p]) * H + h) * ds, ds, out + ((b * P + p) * H + h) * d);
+    }
+    if (dr == 0) continue;
+    if (ds == 0) {
+      at::mm_out(vec, x[r], table[r]);
+    } else {
+      for (int64_t h = 0; h < H; ++h) {
+        at::Tensor part = relative_part(vec, plan, r, h);
+        at::mm_out(part, x[r], table[r].narrow(1, h * dr, dr));
+      }
+    }
+  }
+  const T* q = scratch.vectors[kQ].const_data_ptr<T>();
+  const T* k = scratch.vectors[kK].const_data_ptr<T>();
+  T* a = scratch.weights[0].mutable_data_ptr<T>();   // softmax weights (M, H)
+  T* dA = scratch.weights[1].mutable_data_ptr<T>();  // dO_i . v (M, H)
+  T* ds = scratch.weights[2].mutable_data_ptr<T>();  // score gradients (M, H)
+  const T* L = in.L.const_data_ptr<T>();
+  const T* Drow = in.Drow.const_data_ptr<T>();
+  const T scale = static_cast<T>(in.scale);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t m = b * P + p, row = m * H + h;
+        a[row] = std::exp(dot(q + row * dqk, k + row * dqk, dqk) * scale - L[(b * H + h) * N + I[p]]);
+      }
+
+  // dA = dO_i . v per head: the shared part directly; the relative part without projecting v: per
+  // head, g_h = dO_h W_h^T (rows x Cv) gives dO_h . v_h = g_h . x_j and v's source gradient
+  // sum_h a_h g_h, one GEMM pass instead of two.
+  at::Tensor dOi = scratch.dOi.narrow(0, 0, M);
+  gather_rows<T>(in.dO, I, B, P, dOi.mutable_data_ptr<T>());
+  const T* dO_rows = dOi.const_data_ptr<T>();
+  const int64_t ds_v = plan.shared_dim[kV], dr_v = plan.relative_dim[kV];
+  std::fill(dA, dA + M * H, T(0));
+  if (ds_v > 0) {
+    const T* shared = o.shared[kV].const_data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t p = 0; p < P; ++p)
+        for (int64_t h = 0; h < H; ++h) {
+          const int64_t m = b * P + p;
+          dA[m * H + h] = dot(dO_rows + (m * H + h) * dv, shared + ((b * N + tokens[kV][p]) * H + h) * ds_v, ds_v);
+        }
+  }
+  if (dr_v > 0) {
+    const int64_t Cv = plan.source_dim[kV];
+    const T* xv = x[kV].const_data_ptr<T>();
+    T* grad_xv = mine[3 + kV].mutable_data_ptr<T>();
+    for (int64_t m0 = 0; m0 < M; m0 += in.value_chunk) {
+      const int64_t rows = std::min(M - m0, in.value_chunk);
+      for (int64_t h = 0; h < H; ++h) {
+        at::Tensor terms = scratch.value_terms.select(0, h).narrow(0, 0, rows);
+        at::mm_out(terms, dOi.narrow(0, m0, rows).narrow(1, h * dv + ds_v, dr_v),
+                   table[kV].narrow(1, h * dr_v, dr_v).t());
+      }
+      const T* terms = scratch.value_terms.const_data_ptr<T>();
+      for (int64_t m = m0; m < m0 + rows; ++m) {
+        const int64_t b = m / P, p = m % P;
+        T* out = grad_xv + (b * N + tokens[kV][p]) * Cv;
+        for (int64_t h = 0; h < H; ++h) {
+          const T* gh = terms + (h * in.value_chunk + (m - m0)) * Cv;
+          dA[m * H + h] += dot(gh, xv + m * Cv, Cv);
+          const T ah = a[m * H + h];
+          for (int64_t c = 0; c < Cv; ++c) out[c] += ah * gh[c];
+        }
+      }
+    }
+  }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t row = (b * P + p) * H + h;
+        ds[row] = a[row] * (dA[row] - Drow[(b * H + h) * N + I[p]]) * scale;
+      }
+
+  // Per-pair gradients of the role vectors: dq = ds k, dk = ds q, d(a v) = a dO_i.
+  T* grad_q = scratch.grad_vectors[kQ].mutable_data_ptr<T>();
+  T* grad_k = scratch.grad_vectors[kK].mutable_data_ptr<T>();
+  T* grad_v = scratch.grad_vectors[kV].mutable_data_ptr<T>();
+  for (int64_t row = 0; row < M * H; ++row) {
+    for (int64_t e = 0; e < dqk; ++e) {
+      grad_q[row * dqk + e] = ds[row] * k[row * dqk + e];
+      grad_k[row * dqk + e] = ds[row] * q[row * dqk + e];
+    }
+    for (int64_t e = 0; e < dv; ++e) grad_v[row * dv + e] = a[row] * dO_rows[row * dv + e];
+  }
+  for (int r = 0; r < 3; ++r) {
+    const int64_t d = plan.head_dim(r), ds_r = plan.shared_dim[r], dr = plan.relative_dim[r];
+    const at::Tensor grad = scratch.grad_vectors[r].narrow(0, 0, M);
+    const T* grad_rows = grad.const_data_ptr<T>();
+    if (ds_r > 0) {
+      T* out = mine[r].mutable_data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t p = 0; p < P; ++p)
+          for (int64_t h = 0; h < H; ++h) {
+            const T* from = grad_rows + ((b * P + p) * H + h) * d;
+            T* to = out + ((b * N + tokens[r][p]) * H + h) * ds_r;
+            for (int64_t e = 0; e < ds_r; ++e) to[e] += from[e];
+          }
+    }
+    if (dr == 0) continue;
+    const int64_t Cr = plan.source_dim[r];
+    at::Tensor grad_source = scratch.grad_source.narrow(0, 0, M).narrow(1, 0, Cr);
+    if (ds_r == 0) {
+      at::mm_out(dW[r], x[r].t(), grad);
+      if (r != kV) at::mm_out(grad_source, grad, table[r].t());
+    } else {
+      for (int64_t h = 0; h < H; ++h) {
+        at::Tensor dW_h = dW[r].narrow(1, h * dr, dr);
+        const at::Tensor part = relative_part(grad, plan, r, h), w_h = table[r].narrow(1, h * dr, dr);
+        at::mm_out(dW_h, x[r].t(), part);
+        if (r == kV) continue;
+        if (h == 0)
+          at::mm_out(grad_source, part, w_h.t());
+        else
+          grad_source.addmm_(part, w_h.t());
+      }
+    }
+    if (r != kV)  // v's source gradient was added with dA
+      scatter_add_rows<T>(grad_source.const_data_ptr<T>(), grad_source.stride(0), tokens[r], B, P, mine[3 + r]);
+  }
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> attention_forward_aten(
@@ -359,59 +563,24 @@ AttentionGrads attention_backward_aten(
   // Per-thread token gradients: slots 0..2 the shared parts, 3..5 the sources.
   const std::vector<std::vector<int64_t>> lists = group_lists(*plan.groups, std::max(1, at::get_num_threads()));
   std::vector<std::array<at::Tensor, 6>> local(lists.size());
-  const at::Tensor& pair_i = plan.groups->pair_i_on_device;
-  const at::Tensor& pair_j = plan.groups->pair_j_on_device;
-
-  const int64_t pairs = static_cast<int64_t>(plan.groups->pair_i.size()), slots = static_cast<int64_t>(lists.size());
+  const PairGroups& groups = *plan.groups;
+  const int64_t widest = std::max<int64_t>(1, H * plan.source_dim[kV]);
+  const BackwardInputs inputs{o, plan, in.scale, dO, L, Drow, std::max<int64_t>(8, kValueChunkElements / widest)};
+  const int64_t pairs = static_cast<int64_t>(groups.pair_i.size()), slots = static_cast<int64_t>(lists.size());
   parallel_for_items(0, slots, 3 * B * pairs / slots * pair_work(plan), [&](int64_t first, int64_t last) {
     for (int64_t t = first; t < last; ++t) {
       auto& mine = local[t];
       for (int r = 0; r < 3; ++r) {
-        if (o.shared[r].defined() && !mine[r].defined()) mine[r] = at::zeros_like(o.shared[r]);
-        if (o.source[r].defined() && !mine[3 + r].defined()) mine[3 + r] = at::zeros_like(o.source[r]);
+        if (o.shared[r].defined()) mine[r] = at::zeros_like(o.shared[r]);
+        if (o.source[r].defined()) mine[3 + r] = at::zeros_like(o.source[r]);
       }
-      for (const int64_t g : lists[t]) {
-        const int64_t b = plan.groups->group_begin[g], e = plan.groups->group_begin[g + 1], P = e - b;
-        at::Tensor I = pair_i.slice(0, b, e), J = pair_j.slice(0, b, e);
-        const std::array<at::Tensor, 3> src = gather_sources(o, plan, I, J, {true, true, true});
-        at::Tensor qq = role_rows(o, plan, kQ, g, I, src[kQ]), kk = role_rows(o, plan, kK, g, J, src[kK]);
-        at::Tensor s = (qq * kk).sum(-1).mul_(in.scale);                                     // (B, P, H)
-        at::Tensor a = (s - L.index_select(2, I).permute({0, 2, 1})).exp_().contiguous();    // (B, P, H)
-        at::Tensor dOi = dO.index_select(1, I).view({B, P, H, dv});
-        // dA = dO_i . v per head: the shared part directly, the relative part through
-        // value_backward_terms, which also gives v's source gradient.
-        const int64_t ds_v = plan.shared_dim[kV], dr_v = plan.relative_dim[kV];
-        at::Tensor dA = o.shared[kV].defined()
-                            ? (dOi.narrow(-1, 0, ds_v) *
-                               o.shared[kV].index_select(1, J).view({B, P, H, ds_v})).sum(-1).contiguous()
-                            : at::zeros({B, P, H}, opts);
-        at::Tensor grad_source_v;
-        if (o.table[kV].defined()) {
-          grad_source_v = at::empty({B * P, plan.source_dim[kV]}, opts);
-          const at::Tensor w = o.table[kV].select(0, plan.groups->group_class[kV][g]);
-          AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "translution_attention_backward", [&] {
-            value_backward_terms<scalar_t>(dOi.narrow(-1, ds_v, dr_v).reshape({B * P, H, dr_v}), w, src[kV],
-                                           a, dA, grad_source_v);
-          });
-        }
-        at::Tensor ds = a * (dA - Drow.index_select(2, I).permute({0, 2, 1}));
-        ds.mul_(in.scale);
-        const std::array<at::Tensor, 3> grads = {ds.unsqueeze(-1) * kk, ds.unsqueeze(-1) * qq,
-                                                 a.unsqueeze(-1) * dOi};  // (B, P, H, width)
-        for (int r = 0; r < 3; ++r) {
-          const at::Tensor& rows = r == kQ ? I : J;
-          const int64_t ds_r = plan.shared_dim[r], dr_r = plan.relative_dim[r];
-          if (o.shared[r].defined())
-            mine[r].index_add_(1, rows, grads[r].narrow(-1, 0, ds_r).reshape({B, P, H * ds_r}));
-          if (!o.table[r].defined()) continue;
-          const int64_t cls = plan.groups->group_class[r][g];
-          const at::Tensor flat = grads[r].narrow(-1, ds_r, dr_r).reshape({B * P, H * dr_r});
-          at::Tensor row = grad_table[r].select(0, cls);  // this group owns row cls
-          at::mm_out(row, src[r].t(), flat);
-          const at::Tensor grad_source = r == kV ? grad_source_v : at::mm(flat, o.table[r].select(0, cls).t());
-          mine[3 + r].index_add_(1, rows, grad_source.view({B, P, plan.source_dim[r]}));
-        }
-      }
+      int64_t rows = 0;
+      for (const int64_t g : lists[t])
+        rows = std::max(rows, B * (groups.group_begin[g + 1] - groups.group_begin[g]));
+      BackwardScratch scratch(inputs, rows);
+      AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "translution_attention_backward", [&] {
+        for (const int64_t g : lists[t]) backward_group<scalar_t>(inputs, g, scratch, mine, grad_table);
+      });
     }
   });
 
