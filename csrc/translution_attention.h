@@ -85,9 +85,9 @@ const at::Tensor& reference_tensor(const AttentionInputs& in);
 // The dtype the kernels compute in: float for half types, else the input dtype.
 at::ScalarType attention_opmath(at::ScalarType t);
 
-// The op's CPU implementation (translution_attention_aten.cpp), ATen operations only; CUDA
+// The op's CPU implementation (cpu/translution_attention_{forward,backward}_cpu.cpp); CUDA
 // has its own kernels (cuda/translution_attention_cuda.h).  Arguments follow the op schemas.
-std::tuple<at::Tensor, at::Tensor> attention_forward_aten(
+std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(
     const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k, const std::optional<at::Tensor>& v,
     const std::optional<at::Tensor>& q_source, const std::optional<at::Tensor>& k_source,
     const std::optional<at::Tensor>& v_source, const std::optional<at::Tensor>& q_table,
@@ -98,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_aten(
 using AttentionGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                   at::Tensor, at::Tensor>;
 
-AttentionGrads attention_backward_aten(
+AttentionGrads attention_backward_cpu(
     const at::Tensor& grad_out, const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k,
     const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& q_source,
     const std::optional<at::Tensor>& k_source, const std::optional<at::Tensor>& v_source,

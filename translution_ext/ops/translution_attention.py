@@ -1,9 +1,9 @@
 """The fused, memory-linear Translution attention op: Python entry, pure-PyTorch reference,
 fake kernels, autograd.
 
-C++: csrc/translution_attention.{h,cpp} (schemas, checks, pair groups), the ATen-composed
-implementation csrc/translution_attention_aten.cpp, registered by
-csrc/cpu/translution_attention_cpu.cpp and csrc/cuda/translution_attention_cuda.cu.
+C++: csrc/translution_attention.{h,cpp} (schemas, checks, pair groups), the CPU kernels
+csrc/cpu/translution_attention_{forward,backward}_cpu.cpp (registered by
+csrc/cpu/translution_attention_cpu.cpp) and the CUDA kernels (csrc/cuda/translution_attention_*).
 
 The reference (:func:`translution_attention_reference`) builds the per-pair tensors;
 its arithmetic (:func:`pair_scores`, :func:`attention_weights`, :func:`weighted_sum`)
