@@ -38,6 +38,7 @@ struct BackwardScratch {
   std::array<at::Tensor, 3> vectors;      // q and k per head (rows, H*d)
   std::array<at::Tensor, 3> grad_vectors; // dq, dk and a*dO_i per head (rows, H*d)
   at::Tensor dOi, grad_source, value_terms, weights;  // (rows, H*dv), (rows, Cr), (H, chunk, Cv), (3, rows, H)
+  at::Tensor table_t;  // a table row transposed, (H*dr, Cr)
 
   BackwardScratch(const BackwardInputs& in, int64_t rows) {
     const AttentionPlan& plan = in.plan;
@@ -54,6 +55,10 @@ struct BackwardScratch {
     grad_source = at::empty({rows, widest_source}, opts);
     if (in.o.table[kV].defined()) value_terms = at::empty({plan.H, in.value_chunk, plan.source_dim[kV]}, opts);
     weights = at::empty({3, rows, plan.H}, opts);
+    int64_t table_size = 0;
+    for (int r = 0; r < 3; ++r)
+      if (in.o.table[r].defined()) table_size = std::max(table_size, in.o.table[r][0].numel());
+    table_t = at::empty({table_size}, opts);
   }
 };
 
@@ -121,17 +126,17 @@ void backward_group(const BackwardInputs& in, int64_t g, BackwardScratch& scratc
           dA[m * H + h] = dot(dO_rows + (m * H + h) * dv, shared + ((b * N + tokens[kV][p]) * H + h) * ds_v, ds_v);
         }
   }
+  T* table_t = scratch.table_t.mutable_data_ptr<T>();  // (H*dr, Cr): W^T of the role being differentiated
   if (dr_v > 0) {
     const int64_t Cv = plan.source_dim[kV];
     const T* xv = x[kV].const_data_ptr<T>();
     T* grad_xv = mine[3 + kV].mutable_data_ptr<T>();
+    transpose_into(table[kV].const_data_ptr<T>(), Cv, H * dr_v, H * dr_v, table_t);
     for (int64_t m0 = 0; m0 < M; m0 += in.value_chunk) {
       const int64_t rows = std::min(M - m0, in.value_chunk);
-      for (int64_t h = 0; h < H; ++h) {
-        at::Tensor terms = scratch.value_terms.select(0, h).narrow(0, 0, rows);
-        at::mm_out(terms, dOi.narrow(0, m0, rows).narrow(1, h * dv + ds_v, dr_v),
-                   table[kV].narrow(1, h * dr_v, dr_v).t());
-      }
+      for (int64_t h = 0; h < H; ++h)  // g_h (rows, Cv) = dO_h (rows, dr) @ W_h^T (dr, Cv)
+        matmul<T>(rows, Cv, dr_v, dO_rows + m0 * H * dv + h * dv + ds_v, H * dv, table_t + h * dr_v * Cv, Cv,
+                  scratch.value_terms.mutable_data_ptr<T>() + h * in.value_chunk * Cv, Cv);
       const T* terms = scratch.value_terms.const_data_ptr<T>();
       for (int64_t m = m0; m < m0 + rows; ++m) {
         const int64_t b = m / P, p = m % P;
@@ -182,18 +187,17 @@ void backward_group(const BackwardInputs& in, int64_t g, BackwardScratch& scratc
     at::Tensor grad_source = scratch.grad_source.narrow(0, 0, M).narrow(1, 0, Cr);
     if (ds_r == 0) {
       at::mm_out(dW[r], x[r].t(), grad);
-      if (r != kV) at::mm_out(grad_source, grad, table[r].t());
     } else {
       for (int64_t h = 0; h < H; ++h) {
         at::Tensor dW_h = dW[r].narrow(1, h * dr, dr);
-        const at::Tensor part = relative_part(grad, plan, r, h), w_h = table[r].narrow(1, h * dr, dr);
-        at::mm_out(dW_h, x[r].t(), part);
-        if (r == kV) continue;
-        if (h == 0)
-          at::mm_out(grad_source, part, w_h.t());
-        else
-          grad_source.addmm_(part, w_h.t());
+        at::mm_out(dW_h, x[r].t(), relative_part(grad, plan, r, h));
       }
+    }
+    if (r != kV) {  // grad x (M, Cr) = sum_h grad_h (M, dr) @ W_h^T (dr, Cr); v's was added with dA
+      transpose_into(table[r].const_data_ptr<T>(), Cr, H * dr, H * dr, table_t);
+      for (int64_t h = 0; h < (ds_r == 0 ? 1 : H); ++h)
+        matmul<T>(M, Cr, ds_r == 0 ? H * dr : dr, grad_rows + h * d + ds_r, H * d, table_t + h * dr * Cr, Cr,
+                  grad_source.mutable_data_ptr<T>(), grad_source.stride(0), h > 0);
     }
     if (r != kV)  // v's source gradient was added with dA
       scatter_add_rows<T>(grad_source.const_data_ptr<T>(), grad_source.stride(0), tokens[r], B, P, mine[3 + r]);
@@ -261,6 +265,7 @@ AttentionGrads attention_backward_cpu(
         for (const int64_t g : lists[t]) backward_group<scalar_t>(inputs, g, scratch, mine, grad_table);
       });
     }
+    at::native::cpublas::brgemm_release(false);  // the GEMMs' kernel state of this thread
   });
 
   const at::Tensor none = at::empty({0}, opts.dtype(dtype));

@@ -8,10 +8,12 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
 #include <array>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "../translution_attention.h"
@@ -124,32 +126,62 @@ inline at::Tensor relative_part(const at::Tensor& per_head, const AttentionPlan&
   return per_head.narrow(1, h * d + ds, dr);
 }
 
+// out (M, N) = a (M, K) @ b (K, N) (+ out when accumulate), row-major with leading dimensions lda,
+// ldb, ldc.  fp32 runs oneDNN's batch-reduce GEMM kernel: on the AVX-512 machine it measured
+// 112-115 GFLOP/s on one thread at every M from 8 to 1568 rows (K, N = 64 or 192), where MKL's sgemm
+// (at::mm) gave 57-98.  It takes no transposed operand: callers transpose small ones (transpose_into).
+template <typename T>
+void matmul(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb, T* out, int64_t ldc,
+            bool accumulate = false) {
+  if constexpr (std::is_same_v<T, float>) {
+    at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, a, b, out, false);
+  } else {
+    const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+    at::Tensor result = at::from_blob(out, {M, N}, {ldc, 1}, opts);
+    const at::Tensor lhs = at::from_blob(const_cast<T*>(a), {M, K}, {lda, 1}, opts);
+    const at::Tensor rhs = at::from_blob(const_cast<T*>(b), {K, N}, {ldb, 1}, opts);
+    if (accumulate)
+      result.addmm_(lhs, rhs);
+    else
+      at::mm_out(result, lhs, rhs);
+  }
+}
+
+// to (cols, rows) = from (rows, cols)^T, from's rows ld apart; in 16 x 16 tiles.
+template <typename T>
+void transpose_into(const T* from, int64_t rows, int64_t cols, int64_t ld, T* to) {
+  constexpr int64_t kTile = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += kTile)
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile)
+      for (int64_t c = c0; c < std::min(cols, c0 + kTile); ++c)
+        for (int64_t r = r0; r < std::min(rows, r0 + kTile); ++r) to[c * rows + r] = from[r * ld + c];
+}
+
 // Role r's per-head vectors [shared (ds) | relative (dr)] of the rows of P pairs whose role-r tokens
 // are `tokens`, into out (B * P, H * d): the shared part copied, the relative part x @ table[class]
 // (one GEMM, or one per head when the role has both parts).  x: the gathered source rows (B * P, Cr).
+// A thread that ran it calls at::native::cpublas::brgemm_release() when done.
 template <typename T>
 void role_vectors(const Operands& o, const AttentionPlan& plan, int r, int64_t g, const int64_t* tokens, int64_t P,
                   const at::Tensor& x, at::Tensor out) {
-  const int64_t B = plan.B, N = plan.N, H = plan.H;
+  const int64_t B = plan.B, N = plan.N, H = plan.H, M = B * P;
   const int64_t d = plan.head_dim(r), ds = plan.shared_dim[r], dr = plan.relative_dim[r];
+  T* to = out.mutable_data_ptr<T>();
   if (ds > 0) {
     const T* shared = o.shared[r].const_data_ptr<T>();
-    T* to = out.mutable_data_ptr<T>();
     for (int64_t b = 0; b < B; ++b)
       for (int64_t p = 0; p < P; ++p)
         for (int64_t h = 0; h < H; ++h)
           std::copy_n(shared + ((b * N + tokens[p]) * H + h) * ds, ds, to + ((b * P + p) * H + h) * d);
   }
-  if (dr == 0) return;
-  const at::Tensor table = o.table[r].select(0, plan.groups->group_class[r][g]);
-  if (ds == 0) {
-    at::mm_out(out, x, table);
-    return;
-  }
-  for (int64_t h = 0; h < H; ++h) {
-    at::Tensor part = relative_part(out, plan, r, h);
-    at::mm_out(part, x, table.narrow(1, h * dr, dr));
-  }
+  if (dr == 0 || M == 0) return;
+  const int64_t Cr = plan.source_dim[r];
+  const T* table = o.table[r].const_data_ptr<T>() + plan.groups->group_class[r][g] * Cr * H * dr;
+  const T* from = x.const_data_ptr<T>();
+  if (ds == 0)
+    matmul<T>(M, H * dr, Cr, from, Cr, table, H * dr, to, H * d);
+  else
+    for (int64_t h = 0; h < H; ++h) matmul<T>(M, dr, Cr, from, Cr, table + h * dr, H * dr, to + h * d + ds, H * d);
 }
 
 }  // namespace translution_ext::attention_cpu

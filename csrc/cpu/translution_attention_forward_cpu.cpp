@@ -133,6 +133,7 @@ void forward_by_groups(const Operands& o, const AttentionPlan& plan, double scal
                                  groups.group_begin[g + 1], 0, N, scores.mutable_data_ptr<scalar_t>(), scratch);
       });
     }
+    at::native::cpublas::brgemm_release(false);  // the GEMMs' kernel state of this thread
   });
   lse.copy_(at::logsumexp(scores, -1));
   const at::Tensor weights = scores.sub_(lse.unsqueeze(-1)).exp_();
@@ -147,6 +148,7 @@ void forward_by_groups(const Operands& o, const AttentionPlan& plan, double scal
                                  weights.const_data_ptr<scalar_t>(), partial[t].mutable_data_ptr<scalar_t>(), scratch);
       });
     }
+    at::native::cpublas::brgemm_release(false);  // the GEMMs' kernel state of this thread
   });
   // Summed in thread order: deterministic for a given thread count.
   out.copy_(partial[0]);
@@ -191,6 +193,7 @@ void forward_by_row_blocks(const Operands& o, const AttentionPlan& plan, double 
       out.narrow(1, i0, rows).copy_(block_out);
       lse.narrow(2, i0, rows).copy_(block_lse);
     }
+    at::native::cpublas::brgemm_release(false);  // the GEMMs' kernel state of this thread
   });
 }
 
