@@ -35,6 +35,7 @@ struct BackwardInputs {
 // One thread's buffers, sized for its largest group (rows = B * P) and reused for every group.
 struct BackwardScratch {
   std::array<at::Tensor, 3> source;       // gathered source rows per relative role (rows, Cr)
+  std::array<at::Tensor, 3> source_t;     // and transposed (Cr, rows), for the table gradients
   std::array<at::Tensor, 3> vectors;      // q and k per head (rows, H*d)
   std::array<at::Tensor, 3> grad_vectors; // dq, dk and a*dO_i per head (rows, H*d)
   at::Tensor dOi, grad_source, value_terms, weights;  // (rows, H*dv), (rows, Cr), (H, chunk, Cv), (3, rows, H)
@@ -47,6 +48,7 @@ struct BackwardScratch {
     for (int r = 0; r < 3; ++r) {
       const int64_t width = plan.H * plan.head_dim(r);
       if (in.o.table[r].defined()) source[r] = at::empty({rows, plan.source_dim[r]}, opts);
+      if (in.o.table[r].defined()) source_t[r] = at::empty({plan.source_dim[r], rows}, opts);
       if (in.o.table[r].defined()) widest_source = std::max(widest_source, plan.source_dim[r]);
       if (r != kV) vectors[r] = at::empty({rows, width}, opts);
       grad_vectors[r] = at::empty({rows, width}, opts);
@@ -185,14 +187,15 @@ void backward_group(const BackwardInputs& in, int64_t g, BackwardScratch& scratc
     if (dr == 0) continue;
     const int64_t Cr = plan.source_dim[r];
     at::Tensor grad_source = scratch.grad_source.narrow(0, 0, M).narrow(1, 0, Cr);
-    if (ds_r == 0) {
-      at::mm_out(dW[r], x[r].t(), grad);
-    } else {
-      for (int64_t h = 0; h < H; ++h) {
-        at::Tensor dW_h = dW[r].narrow(1, h * dr, dr);
-        at::mm_out(dW_h, x[r].t(), relative_part(grad, plan, r, h));
-      }
-    }
+    // dW (Cr, H*dr) = x^T (Cr, M) @ grad (M, H*dr), per head when the role has both parts; v reuses
+    // k's transposed rows when it reads the same source.
+    const bool shares_k = r == kV && x[kV].is_same(x[kK]);
+    T* x_t = scratch.source_t[shares_k ? kK : r].mutable_data_ptr<T>();
+    if (!shares_k) transpose_into(x[r].const_data_ptr<T>(), M, Cr, Cr, x_t);
+    T* grad_table_row = dW[r].mutable_data_ptr<T>();
+    for (int64_t h = 0; h < (ds_r == 0 ? 1 : H); ++h)
+      matmul<T>(Cr, ds_r == 0 ? H * dr : dr, M, x_t, M, grad_rows + h * d + ds_r, H * d, grad_table_row + h * dr,
+                H * dr);
     if (r != kV) {  // grad x (M, Cr) = sum_h grad_h (M, dr) @ W_h^T (dr, Cr); v's was added with dA
       transpose_into(table[r].const_data_ptr<T>(), Cr, H * dr, H * dr, table_t);
       for (int64_t h = 0; h < (ds_r == 0 ? 1 : H); ++h)

@@ -2,7 +2,7 @@
 // (translution_attention_{forward,backward}_cpu.cpp): what the forward and the backward share.
 // Both run whole pair groups (or ranges of a group's pairs) as work items on the thread pool.  In a
 // range of P pairs (i_p, j_p), row m = b * P + p belongs to batch item b; its token rows are gathered
-// into per-thread buffers, the projections are GEMMs (mm_out into those buffers), and everything
+// into per-thread buffers, the projections are GEMMs (matmul, into those buffers), and everything
 // else runs as loops over the rows: at small grids a group is a few rows, and the dozens of small
 // ATen operations per group it took before cost more than the arithmetic.
 #pragma once
@@ -118,12 +118,6 @@ void scatter_add_rows(const T* from, int64_t stride, const int64_t* tokens, int6
       T* out = dst + (b * N + tokens[p]) * width;
       for (int64_t c = 0; c < width; ++c) out[c] += row[c];
     }
-}
-
-// The relative part of role r per head, (rows, dr) with rows H*d apart, of a (rows, H*d) buffer.
-inline at::Tensor relative_part(const at::Tensor& per_head, const AttentionPlan& plan, int r, int64_t h) {
-  const int64_t d = plan.head_dim(r), ds = plan.shared_dim[r], dr = plan.relative_dim[r];
-  return per_head.narrow(1, h * d + ds, dr);
 }
 
 // out (M, N) = a (M, K) @ b (K, N) (+ out when accumulate), row-major with leading dimensions lda,
