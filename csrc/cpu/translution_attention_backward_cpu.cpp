@@ -44,22 +44,21 @@ struct BackwardScratch {
   BackwardScratch(const BackwardInputs& in, int64_t rows) {
     const AttentionPlan& plan = in.plan;
     const auto opts = in.dO.options();
-    int64_t widest_source = 0;
+    int64_t widest_source = 0, table_size = 0;
     for (int r = 0; r < 3; ++r) {
-      const int64_t width = plan.H * plan.head_dim(r);
-      if (in.o.table[r].defined()) source[r] = at::empty({rows, plan.source_dim[r]}, opts);
-      if (in.o.table[r].defined()) source_t[r] = at::empty({plan.source_dim[r], rows}, opts);
-      if (in.o.table[r].defined()) widest_source = std::max(widest_source, plan.source_dim[r]);
+      const int64_t width = plan.H * plan.head_dim(r), Cr = plan.source_dim[r];
       if (r != kV) vectors[r] = at::empty({rows, width}, opts);
       grad_vectors[r] = at::empty({rows, width}, opts);
+      if (!in.o.table[r].defined()) continue;
+      source[r] = at::empty({rows, Cr}, opts);
+      source_t[r] = at::empty({Cr, rows}, opts);
+      widest_source = std::max(widest_source, Cr);
+      table_size = std::max(table_size, Cr * plan.H * plan.relative_dim[r]);
     }
     dOi = at::empty({rows, plan.H * plan.head_dim(kV)}, opts);
     grad_source = at::empty({rows, widest_source}, opts);
     if (in.o.table[kV].defined()) value_terms = at::empty({plan.H, in.value_chunk, plan.source_dim[kV]}, opts);
     weights = at::empty({3, rows, plan.H}, opts);
-    int64_t table_size = 0;
-    for (int r = 0; r < 3; ++r)
-      if (in.o.table[r].defined()) table_size = std::max(table_size, in.o.table[r][0].numel());
     table_t = at::empty({table_size}, opts);
   }
 };
@@ -78,6 +77,9 @@ void backward_group(const BackwardInputs& in, int64_t g, BackwardScratch& scratc
                                                 groups.pair_j.data() + first};
   const int64_t* I = tokens[kQ];
   std::array<at::Tensor, 3> table, dW, x;
+  // v reads k's gathered rows (and, for its table gradient, their transpose) when both read the
+  // same source: Translution's roles all read x.
+  const bool v_shares_k = o.table[kK].defined() && o.table[kV].defined() && o.source[kK].is_same(o.source[kV]);
   for (int r = 0; r < 3; ++r) {
     if (!o.table[r].defined()) continue;
     table[r] = o.table[r].select(0, groups.group_class[r][g]);
@@ -86,7 +88,7 @@ void backward_group(const BackwardInputs& in, int64_t g, BackwardScratch& scratc
       dW[r].zero_();
       continue;
     }
-    if (r == kV && x[kK].defined() && o.source[kK].is_same(o.source[kV])) {
+    if (r == kV && v_shares_k) {
       x[r] = x[kK];
       continue;
     }
@@ -172,8 +174,7 @@ void backward_group(const BackwardInputs& in, int64_t g, BackwardScratch& scratc
   }
   for (int r = 0; r < 3; ++r) {
     const int64_t d = plan.head_dim(r), ds_r = plan.shared_dim[r], dr = plan.relative_dim[r];
-    const at::Tensor grad = scratch.grad_vectors[r].narrow(0, 0, M);
-    const T* grad_rows = grad.const_data_ptr<T>();
+    const T* grad_rows = scratch.grad_vectors[r].const_data_ptr<T>();
     if (ds_r > 0) {
       T* out = mine[r].mutable_data_ptr<T>();
       for (int64_t b = 0; b < B; ++b)
@@ -187,23 +188,21 @@ void backward_group(const BackwardInputs& in, int64_t g, BackwardScratch& scratc
     if (dr == 0) continue;
     const int64_t Cr = plan.source_dim[r];
     at::Tensor grad_source = scratch.grad_source.narrow(0, 0, M).narrow(1, 0, Cr);
-    // dW (Cr, H*dr) = x^T (Cr, M) @ grad (M, H*dr), per head when the role has both parts; v reuses
-    // k's transposed rows when it reads the same source.
-    const bool shares_k = r == kV && x[kV].is_same(x[kK]);
-    T* x_t = scratch.source_t[shares_k ? kK : r].mutable_data_ptr<T>();
-    if (!shares_k) transpose_into(x[r].const_data_ptr<T>(), M, Cr, Cr, x_t);
+    // dW (Cr, H*dr) = x^T (Cr, M) @ grad (M, H*dr), per head when the role has both parts.
+    const bool reuses_k = r == kV && v_shares_k;
+    T* x_t = scratch.source_t[reuses_k ? kK : r].mutable_data_ptr<T>();
+    if (!reuses_k) transpose_into(x[r].const_data_ptr<T>(), M, Cr, Cr, x_t);
     T* grad_table_row = dW[r].mutable_data_ptr<T>();
     for (int64_t h = 0; h < (ds_r == 0 ? 1 : H); ++h)
       matmul<T>(Cr, ds_r == 0 ? H * dr : dr, M, x_t, M, grad_rows + h * d + ds_r, H * d, grad_table_row + h * dr,
                 H * dr);
-    if (r != kV) {  // grad x (M, Cr) = sum_h grad_h (M, dr) @ W_h^T (dr, Cr); v's was added with dA
-      transpose_into(table[r].const_data_ptr<T>(), Cr, H * dr, H * dr, table_t);
-      for (int64_t h = 0; h < (ds_r == 0 ? 1 : H); ++h)
-        matmul<T>(M, Cr, ds_r == 0 ? H * dr : dr, grad_rows + h * d + ds_r, H * d, table_t + h * dr * Cr, Cr,
-                  grad_source.mutable_data_ptr<T>(), grad_source.stride(0), h > 0);
-    }
-    if (r != kV)  // v's source gradient was added with dA
-      scatter_add_rows<T>(grad_source.const_data_ptr<T>(), grad_source.stride(0), tokens[r], B, P, mine[3 + r]);
+    if (r == kV) continue;  // v's source gradient was added with dA
+    // grad x (M, Cr) = sum_h grad_h (M, dr) @ W_h^T (dr, Cr), added to the token rows.
+    transpose_into(table[r].const_data_ptr<T>(), Cr, H * dr, H * dr, table_t);
+    for (int64_t h = 0; h < (ds_r == 0 ? 1 : H); ++h)
+      matmul<T>(M, Cr, ds_r == 0 ? H * dr : dr, grad_rows + h * d + ds_r, H * d, table_t + h * dr * Cr, Cr,
+                grad_source.mutable_data_ptr<T>(), grad_source.stride(0), h > 0);
+    scatter_add_rows<T>(grad_source.const_data_ptr<T>(), grad_source.stride(0), tokens[r], B, P, mine[3 + r]);
   }
 }
 
@@ -260,10 +259,7 @@ AttentionGrads attention_backward_cpu(
         if (o.shared[r].defined()) mine[r] = at::zeros_like(o.shared[r]);
         if (o.source[r].defined()) mine[3 + r] = at::zeros_like(o.source[r]);
       }
-      int64_t rows = 0;
-      for (const int64_t g : lists[t])
-        rows = std::max(rows, B * (groups.group_begin[g + 1] - groups.group_begin[g]));
-      BackwardScratch scratch(inputs, rows);
+      BackwardScratch scratch(inputs, largest_group_rows(groups, lists[t], B));
       AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "translution_attention_backward", [&] {
         for (const int64_t g : lists[t]) backward_group<scalar_t>(inputs, g, scratch, mine, grad_table);
       });

@@ -43,13 +43,12 @@ inline Operands to_opmath(const AttentionInputs& in, at::ScalarType op) {
   return o;
 }
 
-
 inline AttentionInputs make_inputs(const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k,
-                            const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& qs,
-                            const std::optional<at::Tensor>& ks, const std::optional<at::Tensor>& vs,
-                            const std::optional<at::Tensor>& qt, const std::optional<at::Tensor>& kt,
-                            const std::optional<at::Tensor>& vt, const at::Tensor& key_index,
-                            const at::Tensor& query_index, int64_t heads, double scale, bool causal) {
+                                   const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& qs,
+                                   const std::optional<at::Tensor>& ks, const std::optional<at::Tensor>& vs,
+                                   const std::optional<at::Tensor>& qt, const std::optional<at::Tensor>& kt,
+                                   const std::optional<at::Tensor>& vt, const at::Tensor& key_index,
+                                   const at::Tensor& query_index, int64_t heads, double scale, bool causal) {
   return AttentionInputs{{q, k, v}, {qs, ks, vs}, {qt, kt, vt}, key_index, query_index, heads, scale, causal};
 }
 
@@ -88,6 +87,14 @@ inline std::vector<std::vector<int64_t>> group_lists(const PairGroups& groups, i
   for (auto& list : lists) std::sort(list.begin(), list.end());
   return lists;
 }
+
+// Rows (B * P) of the largest group in a thread's list: the size of its per-thread buffers.
+inline int64_t largest_group_rows(const PairGroups& groups, const std::vector<int64_t>& list, int64_t B) {
+  int64_t rows = 0;
+  for (const int64_t g : list) rows = std::max(rows, B * (groups.group_begin[g + 1] - groups.group_begin[g]));
+  return rows;
+}
+
 template <typename T>
 T dot(const T* a, const T* b, int64_t n) {
   // Eight partial sums: the compiler vectorises them without reassociating.

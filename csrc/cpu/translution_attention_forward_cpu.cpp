@@ -57,7 +57,7 @@ struct ForwardScratch {
     }
   }
 
-  // Role r's vectors of the P pairs [first, first + P) of group g (role r's tokens `tokens`).
+  // Role r's vectors (B * P, H * d) of P pairs of group g whose role-r tokens are `tokens`.
   template <typename T>
   const T* role(const Operands& o, const AttentionPlan& plan, int r, int64_t g, const int64_t* tokens, int64_t P) {
     const int64_t M = plan.B * P;
@@ -118,15 +118,10 @@ void forward_by_groups(const Operands& o, const AttentionPlan& plan, double scal
   const std::vector<std::vector<int64_t>> lists = group_lists(groups, std::max(1, at::get_num_threads()));
   const int64_t slots = static_cast<int64_t>(lists.size()), pairs = static_cast<int64_t>(groups.pair_i.size());
   const int64_t work = B * pairs / slots * pair_work(plan);
-  auto largest = [&](int64_t t) {
-    int64_t rows = 0;
-    for (const int64_t g : lists[t]) rows = std::max(rows, B * (groups.group_begin[g + 1] - groups.group_begin[g]));
-    return rows;
-  };
   at::Tensor scores = unscored(plan, N, out.options());
   parallel_for_items(0, slots, work, [&](int64_t first, int64_t last) {
     for (int64_t t = first; t < last; ++t) {
-      ForwardScratch scratch(o, plan, largest(t), out.options());
+      ForwardScratch scratch(o, plan, largest_group_rows(groups, lists[t], B), out.options());
       AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "translution_attention", [&] {
         for (const int64_t g : lists[t])
           range_scores<scalar_t>(o, plan, static_cast<scalar_t>(scale), g, groups.group_begin[g],
@@ -140,7 +135,7 @@ void forward_by_groups(const Operands& o, const AttentionPlan& plan, double scal
   std::vector<at::Tensor> partial(slots);
   parallel_for_items(0, slots, work, [&](int64_t first, int64_t last) {
     for (int64_t t = first; t < last; ++t) {
-      ForwardScratch scratch(o, plan, largest(t), out.options());
+      ForwardScratch scratch(o, plan, largest_group_rows(groups, lists[t], B), out.options());
       partial[t] = at::zeros_like(out);
       AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "translution_attention", [&] {
         for (const int64_t g : lists[t])
