@@ -19,7 +19,7 @@ namespace translution_ext {
 
 namespace {
 
-struct Plane {  // one thread's working maps for one plane at a time, zeroed once (see to_query_side, to_key_side)
+struct Plane {  // one thread's working maps for one plane at a time, zeroed once (see LayoutMaps)
   at::Tensor qs, ws, ms;  // query side: q (or dO) (hd, ...); a (U, ...); output (or dq) (hd, ...)
   at::Tensor dls;         // query side (U, ...): dlogit
   at::Tensor ks, vs;      // key side (hd, ...): k − pe, v; their gradients
@@ -35,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q_in, const at:
   const AcmixGeometry g = check_acmix(q_in, k_in, v_in, pe_in, heads, window, stride);
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), pe = pe_in.contiguous();
   const ShiftLayout l = shift_layout(g.hd, window, stride, g.Ho, g.Wo);
-  const KeyPlan plan(l, g.H, g.W);
+  const LayoutMaps maps(l, g.H, g.W);
   const int64_t HW = g.H * g.W, HoWo = g.Ho * g.Wo;
   const auto acc_type = at::toOpMathType(q.scalar_type());
   at::Tensor out = at::empty({g.B, g.C, g.Ho, g.Wo}, q.options());
@@ -51,14 +51,22 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q_in, const at:
       for (int64_t p = first; p < last; ++p) {
         const int64_t base = p * g.hd * HW;  // channels p·hd.. of the (B·heads·hd, H, W) maps
         // Each map is converted right before its first use (less to keep in cache at a time).
-        to_query_side(l, qp + base, g.hd, g.H, g.W, stride, qs);
-        to_key_side(l, plan, kp + base, pp, g.H, g.W, ks);
+        apply_row_map(maps.centres_in, g.hd, qp + base, qs);
+        apply_row_map(maps.key_in, g.hd, kp + base, pp, ks);
+        // While a product runs, the maps of the next stages come into cache.
+        prefetch_map(vp + base, g.hd * HW * sizeof(scalar_t));
+        prefetch_map(attn.data_ptr<T>() + p * l.U * HoWo, l.U * HoWo * sizeof(T), true);
         shift_dot(l, qs, ks, as);
         softmax_u(l, as, scale);
-        from_query_side(l, as, l.U, g.Ho, g.Wo, 1, attn.data_ptr<T>() + p * l.U * HoWo);
-        to_key_side(l, plan, vp + base, static_cast<const scalar_t*>(nullptr), g.H, g.W, vs);
+        apply_row_map(maps.outputs_out, l.U, as, attn.data_ptr<T>() + p * l.U * HoWo);
+        apply_row_map(maps.key_in, g.hd, vp + base, vs);
+        prefetch_map(out.data_ptr<scalar_t>() + p * g.hd * HoWo, g.hd * HoWo * sizeof(scalar_t), true);
+        if (p + 1 < last) {
+          prefetch_map(qp + base + g.hd * HW, g.hd * HW * sizeof(scalar_t));
+          prefetch_map(kp + base + g.hd * HW, g.hd * HW * sizeof(scalar_t));
+        }
         shift_sum(l, as, vs, os);
-        from_query_side(l, os, g.hd, g.Ho, g.Wo, 1, out.data_ptr<scalar_t>() + p * g.hd * HoWo);
+        apply_row_map(maps.outputs_out, g.hd, os, out.data_ptr<scalar_t>() + p * g.hd * HoWo);
       }
     });
   });
@@ -73,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), pe = pe_in.contiguous();
   const at::Tensor go = grad_in.contiguous(), attn = attn_in.contiguous();
   const ShiftLayout l = shift_layout(g.hd, window, stride, g.Ho, g.Wo);
-  const KeyPlan plan(l, g.H, g.W);
+  const LayoutMaps maps(l, g.H, g.W);
   const int64_t HW = g.H * g.W, HoWo = g.Ho * g.Wo, planes = g.B * g.heads;
   const auto acc_type = at::toOpMathType(q.scalar_type());
   // dq is zero off the window centres (stride > 1); dk and dv are written whole, plane by plane.
@@ -94,19 +102,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
         // Each map is converted right before its first use and each gradient written back
         // right after it is done (less to keep in cache at a time).  Back to (hd, H, W): q's
         // at the window centres; k's and v's fold the padding back.
-        to_query_side(l, gp + p * g.hd * HoWo, g.hd, g.Ho, g.Wo, 1, gs);
-        to_key_side(l, plan, vp + base, static_cast<const scalar_t*>(nullptr), g.H, g.W, vs);
+        apply_row_map(maps.outputs_in, g.hd, gp + p * g.hd * HoWo, gs);
+        apply_row_map(maps.key_in, g.hd, vp + base, vs);
+        // While a product runs, the maps of the next stages come into cache.
+        prefetch_map(attn.data_ptr<T>() + p * l.U * HoWo, l.U * HoWo * sizeof(T));
+        prefetch_map(dv.data_ptr<T>() + base, g.hd * HW * sizeof(T), true);
         shift_dot(l, gs, vs, dls);  // dA
-        to_query_side(l, attn.data_ptr<T>() + p * l.U * HoWo, l.U, g.Ho, g.Wo, 1, as);
+        apply_row_map(maps.outputs_in, l.U, attn.data_ptr<T>() + p * l.U * HoWo, as);
+        prefetch_map(kp + base, g.hd * HW * sizeof(scalar_t));
         shift_scatter(l, as, gs, vs);  // v's gradient, padded
-        from_key_side(l, plan, vs, g.H, g.W, dv.data_ptr<T>() + base);
+        apply_row_map(maps.key_out, g.hd, vs, dv.data_ptr<T>() + base);
         softmax_backward_u(l, as, dls, scale);  // dA -> dlogit
-        to_key_side(l, plan, kp + base, pp, g.H, g.W, ks);
+        apply_row_map(maps.key_in, g.hd, kp + base, pp, ks);
+        prefetch_map(qp + base, g.hd * HW * sizeof(scalar_t));
+        prefetch_map(dq.data_ptr<T>() + base, g.hd * HW * sizeof(T), true);
         shift_sum(l, dls, ks, ms);  // dq on the query side
-        from_query_side(l, ms, g.hd, g.H, g.W, stride, dq.data_ptr<T>() + base);
-        to_query_side(l, qp + base, g.hd, g.H, g.W, stride, qs);
+        apply_row_map(maps.centres_out, g.hd, ms, dq.data_ptr<T>() + base);
+        apply_row_map(maps.centres_in, g.hd, qp + base, qs);
+        prefetch_map(dk.data_ptr<T>() + base, g.hd * HW * sizeof(T), true);
+        if (p + 1 < last) {
+          prefetch_map(gp + (p + 1) * g.hd * HoWo, g.hd * HoWo * sizeof(scalar_t));
+          prefetch_map(vp + base + g.hd * HW, g.hd * HW * sizeof(scalar_t));
+        }
         shift_scatter(l, dls, qs, ks);  // k − pe's gradient, padded
-        from_key_side(l, plan, ks, g.H, g.W, dk.data_ptr<T>() + base);
+        apply_row_map(maps.key_out, g.hd, ks, dk.data_ptr<T>() + base);
       }
     });
   });

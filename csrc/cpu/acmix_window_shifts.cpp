@@ -124,12 +124,14 @@ struct Build {
   static constexpr int channels = Regs >= 32 ? 6 : 5;
 };
 
-// Runs of V pixels over [0, n), the last one of V / 2 where that covers the rest: f<W>(x0).
+// Runs of V pixels over [0, n), the last one of V / 4 or V / 2 where that covers the rest: f<W>(x0).
 template <int V, typename F>
 TRANSLUTION_EXT_INLINE void pixel_runs(int64_t n, const F& f) {
   int64_t x0 = 0;
   for (; x0 + V / 2 < n; x0 += V) f.template operator()<V>(x0);
   if (x0 < n) {
+    if constexpr (V >= 8)
+      if (x0 + V / 4 >= n) return f.template operator()<V / 4>(x0);
     if constexpr (V >= 4)
       f.template operator()<V / 2>(x0);
     else
@@ -330,13 +332,17 @@ struct SumGeo {
 
 // shift_scatter: tile rows are the padded key rows r0 + i of phase ph, source rows t the
 // output rows yo, j the window columns dv of phase ph: w_i = w[(r - yo·s)·ka + dv] and x at
-// (yo, c0 - dv/s ..) (zero outside the output pixels).
+// (yo, c0 - dv/s ..) (zero outside the output pixels).  A run of W columns from c0 meets the
+// output pixels only for c0 - Wo < dv/s < c0 + W: the other window columns add zeros, skipped
+// (at the row's ends, up to half the window).
 struct ScatterGeo {
   const ShiftLayout& l;
   int64_t r0, n, ph, c0, t_lo, t_hi, j_lo, j_hi, j_step;
-  ScatterGeo(const ShiftLayout& l, int64_t r0, int64_t n, int64_t ph, int64_t c0)
+  ScatterGeo(const ShiftLayout& l, int64_t r0, int64_t n, int64_t ph, int64_t c0, int64_t W)
       : l(l), r0(r0), n(n), ph(ph), c0(c0), t_lo(std::max<int64_t>(0, floor_div(r0 - l.ka, l.s) + 1)),
-        t_hi(std::min<int64_t>(l.Ho - 1, (r0 + n - 1) / l.s)), j_lo(ph), j_hi(l.ka), j_step(l.s) {}
+        t_hi(std::min<int64_t>(l.Ho - 1, (r0 + n - 1) / l.s)),
+        j_lo(ph + l.s * std::max<int64_t>(0, c0 - l.Wo + 1)),
+        j_hi(std::min<int64_t>(l.ka, ph + l.s * (c0 + W - 1) + 1)), j_step(l.s) {}
   TRANSLUTION_EXT_INLINE void rows(int64_t yo, int64_t& lo, int64_t& hi) const {
     lo = std::max<int64_t>(0, yo * l.s - r0);
     hi = std::min<int64_t>(n - 1, yo * l.s + l.ka - 1 - r0);
@@ -371,7 +377,7 @@ TRANSLUTION_EXT_INLINE void scatter_body(const ShiftLayout& l, const T* w, const
       // The columns of phase ph that some window reads (the rest of the row is left as it is).
       const int64_t used = ((l.Wo - 1) * l.s + l.ka - ph + l.s - 1) / l.s;
       pixel_runs<V>(used, [&]<int W>(int64_t c0) __attribute__((always_inline)) {
-        const ScatterGeo geo(l, r0, n, ph, c0);
+        const ScatterGeo geo(l, r0, n, ph, c0, W);
         if (geo.t_lo > geo.t_hi) {  // rows no window reaches (none for valid layouts)
           for (int64_t d = 0; d < l.hd; ++d)
             for (int64_t i = 0; i < n; ++i) std::fill_n(out + d * l.key_plane() + geo.out_at(i), W, T(0));
