@@ -61,7 +61,7 @@ PY
 "$venv/bin/python" "$root/scripts/cuda_kernel_report.py" --nvcc "$real_nvcc" --archs 80 90 \
   --out "$(mktemp -d)/translution_attention_cuda_kernels"
 # The library's tests with the CUDA build (the training, FSDP, demo and bench tests, which run
-# no kernel differently, already ran with the CPU build in scripts/test.sh).
-TRANSLUTION_EXT_REQUIRE_NATIVE=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests" \
-  --ignore="$root/tests/test_fsdp.py" --ignore="$root/tests/test_training.py" \
+# no kernel differently, already ran with the CPU build in scripts/test.sh), as processes side by side.
+bash "$root/scripts/run_shards.sh" "$venv/bin/python" "${TRANSLUTION_EXT_MIN_TESTS:-1200}" TRANSLUTION_EXT_REQUIRE_NATIVE=1 \
+  -- "$root/tests" --ignore="$root/tests/test_fsdp.py" --ignore="$root/tests/test_training.py" \
   --ignore="$root/tests/test_demo.py" --ignore="$root/tests/test_bench_cli.py"

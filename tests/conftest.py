@@ -83,6 +83,25 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """TRANSLUTION_EXT_SHARD=i/n keeps the i-th of every n selected tests (after -k), so that a
+    single-threaded suite (the emulated CUDA kernels) can run as n processes side by side."""
+    shard = os.environ.get("TRANSLUTION_EXT_SHARD", "")
+    if not shard:
+        return
+    try:
+        index, count = (int(part) for part in shard.split("/"))
+    except ValueError:
+        index = count = -1
+    if not 0 <= index < count:
+        raise pytest.UsageError(f"TRANSLUTION_EXT_SHARD must be i/n with 0 <= i < n, got {shard!r}")
+    keep = items[index::count]
+    kept = {id(item) for item in keep}
+    config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept])
+    items[:] = keep
+
+
 def pytest_sessionstart(session):
     # CI sets this so that a build that silently fell back to the reference fails loudly.
     if os.environ.get("TRANSLUTION_EXT_REQUIRE_NATIVE", "0") == "1" and not translution_ext.has_native():
