@@ -14,6 +14,7 @@ scripts/check_cuda_build.sh runs it in CI.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
@@ -117,10 +118,14 @@ def main() -> int:
         flags += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     records = []
     with tempfile.TemporaryDirectory() as tmp:
+        objs = {source: Path(tmp) / (Path(source).stem + ".o") for source in SOURCES}
+        # One nvcc per source, side by side (each compiles every arch of its file on one core).
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(SOURCES)) as pool:
+            runs = dict(zip(SOURCES, pool.map(
+                lambda source: subprocess.run([args.nvcc, *flags, str(ROOT / source), "-o", str(objs[source])],
+                                              capture_output=True, text=True), SOURCES)))
         for source in SOURCES:
-            obj = Path(tmp) / (Path(source).stem + ".o")
-            run = subprocess.run([args.nvcc, *flags, str(ROOT / source), "-o", str(obj)], capture_output=True,
-                                 text=True)
+            obj, run = objs[source], runs[source]
             if run.returncode:
                 sys.exit(f"cuda_kernel_report: nvcc failed on {source}:\n{run.stderr[-4000:]}")
             found = parse_ptxas(run.stderr + run.stdout)

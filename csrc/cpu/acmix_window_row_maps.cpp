@@ -12,14 +12,10 @@
 #include <type_traits>
 
 #include "acmix_window_shifts.h"
+#include "x86_builds.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define TRANSLUTION_EXT_X86_BUILDS 1
+#if TRANSLUTION_EXT_X86_BUILDS
 #include <immintrin.h>
-#define TRANSLUTION_EXT_AVX512 __attribute__((target("arch=x86-64-v4")))
-#define TRANSLUTION_EXT_AVX2 __attribute__((target("arch=x86-64-v3")))
-#else
-#define TRANSLUTION_EXT_X86_BUILDS 0
 #endif
 
 namespace translution_ext {

@@ -28,13 +28,7 @@
 #include <string>
 #include <type_traits>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define TRANSLUTION_EXT_X86_BUILDS 1
-#define TRANSLUTION_EXT_AVX512 __attribute__((target("arch=x86-64-v4")))
-#define TRANSLUTION_EXT_AVX2 __attribute__((target("arch=x86-64-v3")))
-#else
-#define TRANSLUTION_EXT_X86_BUILDS 0
-#endif
+#include "x86_builds.h"
 
 // The vector types below never cross a call boundary (always inlined), so the ABI note is moot.
 #pragma GCC diagnostic ignored "-Wpsabi"
