@@ -116,12 +116,12 @@ TRANSLUTION_EXT_AVX512 inline __attribute__((always_inline)) __m512 add_term_avx
   return _mm512_add_ps(acc, _mm512_maskz_permutexvar_ps(lanes, idx, v));
 }
 
-// One chunk of every row of every channel, its N terms held in registers (N = 0: any number,
+// One chunk of every row of one channel, its N terms held in registers (N = 0: any number,
 // read from the map): the loop over the rows then only loads, permutes, adds and stores.
 // One: every row has one source row.
 template <bool Sub, bool One, int N>
-TRANSLUTION_EXT_AVX512 void chunk_avx512(const RowMap& m, const RowMap::Chunk& ch, int64_t channels,
-                                         const float* src, const float* sub, float* dst) {
+TRANSLUTION_EXT_AVX512 inline __attribute__((always_inline)) void chunk_avx512(
+    const RowMap& m, const RowMap::Chunk& ch, const float* src, const float* sub, float* dst) {
   constexpr int K = N > 0 ? N : 1;
   __m512i idx[K];
   __mmask16 load[K], lanes[K];
@@ -135,42 +135,44 @@ TRANSLUTION_EXT_AVX512 void chunk_avx512(const RowMap& m, const RowMap::Chunk& c
   }
   const __mmask16 store = static_cast<__mmask16>(ch.store_mask);
   const int64_t nrows = static_cast<int64_t>(m.dst_rows.size());
-  for (int64_t c = 0; c < channels; ++c) {
-    const float* sc = src + c * m.src_channel;
-    const float* bc = Sub ? sub + c * m.src_channel : nullptr;
-    float* dc = dst + c * m.dst_channel + ch.dst;
-    for (int64_t i = 0; i < nrows; ++i) {
-      __m512 acc = _mm512_setzero_ps();
-      const int64_t j0 = One ? i : m.src_begin[i], j1 = One ? i + 1 : m.src_begin[i + 1];
-      for (int64_t j = j0; j < j1; ++j) {
-        const float* s = sc + m.src_rows[j];
-        const float* b = Sub ? bc + m.src_rows[j] : nullptr;
-        if constexpr (N > 0) {
+  float* d = dst + ch.dst;
+  for (int64_t i = 0; i < nrows; ++i) {
+    __m512 acc = _mm512_setzero_ps();
+    const int64_t j0 = One ? i : m.src_begin[i], j1 = One ? i + 1 : m.src_begin[i + 1];
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* s = src + m.src_rows[j];
+      const float* b = Sub ? sub + m.src_rows[j] : nullptr;
+      if constexpr (N > 0) {
 #pragma GCC unroll 4
-          for (int n = 0; n < N; ++n) acc = add_term_avx512<Sub>(acc, s, b, at[n], load[n], lanes[n], idx[n]);
-        } else {
-          for (int64_t t = ch.first_term; t < ch.end_term; ++t) {
-            const RowMap::Term& term = m.terms[t];
-            acc = add_term_avx512<Sub>(acc, s, b, term.src, static_cast<__mmask16>(term.load_mask),
-                                       static_cast<__mmask16>(term.lanes), _mm512_loadu_si512(term.idx));
-          }
+        for (int n = 0; n < N; ++n) acc = add_term_avx512<Sub>(acc, s, b, at[n], load[n], lanes[n], idx[n]);
+      } else {
+        for (int64_t t = ch.first_term; t < ch.end_term; ++t) {
+          const RowMap::Term& term = m.terms[t];
+          acc = add_term_avx512<Sub>(acc, s, b, term.src, static_cast<__mmask16>(term.load_mask),
+                                     static_cast<__mmask16>(term.lanes), _mm512_loadu_si512(term.idx));
         }
       }
-      _mm512_mask_storeu_ps(dc + m.dst_rows[i], store, acc);
     }
+    _mm512_mask_storeu_ps(d + m.dst_rows[i], store, acc);
   }
 }
 
+// Channel by channel (its rows stay in L1 across the chunks), chunk by chunk.
 template <bool Sub, bool One>
 TRANSLUTION_EXT_AVX512 void apply_avx512(const RowMap& m, int64_t channels, const float* src, const float* sub,
                                          float* dst) {
-  for (const auto& ch : m.chunks) {
-    switch (ch.end_term - ch.first_term) {
-      case 1: chunk_avx512<Sub, One, 1>(m, ch, channels, src, sub, dst); break;
-      case 2: chunk_avx512<Sub, One, 2>(m, ch, channels, src, sub, dst); break;
-      case 3: chunk_avx512<Sub, One, 3>(m, ch, channels, src, sub, dst); break;
-      case 4: chunk_avx512<Sub, One, 4>(m, ch, channels, src, sub, dst); break;
-      default: chunk_avx512<Sub, One, 0>(m, ch, channels, src, sub, dst); break;
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* sc = src + c * m.src_channel;
+    const float* bc = Sub ? sub + c * m.src_channel : nullptr;
+    float* dc = dst + c * m.dst_channel;
+    for (const auto& ch : m.chunks) {
+      switch (ch.end_term - ch.first_term) {
+        case 1: chunk_avx512<Sub, One, 1>(m, ch, sc, bc, dc); break;
+        case 2: chunk_avx512<Sub, One, 2>(m, ch, sc, bc, dc); break;
+        case 3: chunk_avx512<Sub, One, 3>(m, ch, sc, bc, dc); break;
+        case 4: chunk_avx512<Sub, One, 4>(m, ch, sc, bc, dc); break;
+        default: chunk_avx512<Sub, One, 0>(m, ch, sc, bc, dc); break;
+      }
     }
   }
 }
