@@ -31,7 +31,8 @@ RowMap make_row_map(const std::vector<std::pair<int64_t, int64_t>>& columns, int
   auto cols = columns;
   std::stable_sort(cols.begin(), cols.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   for (const auto& [d, s] : cols)
-    TORCH_INTERNAL_ASSERT(d >= 0 && (dst_len == 0 || d < dst_len) && s >= 0 && s < src_len, "row map column out of range");
+    TORCH_INTERNAL_ASSERT(d >= 0 && (dst_len == 0 || d < dst_len) && s >= 0 && s < src_len,
+                          "row map column out of range");
   size_t i = 0;
   int64_t d0 = 0;
   while (dst_len > 0 ? d0 < dst_len : i < cols.size()) {
