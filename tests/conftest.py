@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+import zlib
 
 import pytest
 import torch
@@ -85,8 +86,10 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """TRANSLUTION_EXT_SHARD=i/n keeps the i-th of every n selected tests (after -k), so that a
-    single-threaded suite (the emulated CUDA kernels) can run as n processes side by side."""
+    """TRANSLUTION_EXT_SHARD=i/n keeps the selected tests (after -k) whose id hashes to i of n, so
+    that a single-threaded suite (the emulated CUDA kernels) can run as n processes side by side.
+    By hash, not every n-th: neighbouring parametrisations (small and large shapes) would
+    otherwise all land in the same process."""
     shard = os.environ.get("TRANSLUTION_EXT_SHARD", "")
     if not shard:
         return
@@ -96,10 +99,9 @@ def pytest_collection_modifyitems(config, items):
         index = count = -1
     if not 0 <= index < count:
         raise pytest.UsageError(f"TRANSLUTION_EXT_SHARD must be i/n with 0 <= i < n, got {shard!r}")
-    keep = items[index::count]
-    kept = {id(item) for item in keep}
-    config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept])
-    items[:] = keep
+    mine = [zlib.crc32(item.nodeid.encode()) % count == index for item in items]
+    config.hook.pytest_deselected(items=[item for item, keep in zip(items, mine) if not keep])
+    items[:] = [item for item, keep in zip(items, mine) if keep]
 
 
 def pytest_sessionstart(session):
