@@ -218,14 +218,14 @@ template <typename S, typename T>
 void apply_row_map(const RowMap& m, int64_t channels, const S* src, const S* sub, T* dst) {
 #if TRANSLUTION_EXT_X86_BUILDS
   if constexpr (std::is_same_v<S, float> && std::is_same_v<T, float>) {
-    if (m.isa == kIsaAvx512 && m.width == 16) {
+    if (m.isa == kIsaAvx512) {  // width 16
       if (m.one_source_row)
         return sub ? apply_avx512<true, true>(m, channels, src, sub, dst)
                    : apply_avx512<false, true>(m, channels, src, sub, dst);
       return sub ? apply_avx512<true, false>(m, channels, src, sub, dst)
                  : apply_avx512<false, false>(m, channels, src, sub, dst);
     }
-    if (m.isa == kIsaAvx2 && m.width == 8)
+    if (m.isa == kIsaAvx2)  // width 8
       return sub ? apply_avx2<true>(m, channels, src, sub, dst) : apply_avx2<false>(m, channels, src, sub, dst);
   }
 #endif

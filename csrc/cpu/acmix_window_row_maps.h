@@ -30,7 +30,7 @@ struct RowMap {
     uint32_t store_mask;            // the lanes some term writes
     int64_t first_term, end_term;   // its terms: terms[first_term, end_term)
   };
-  int width = 8;                    // lanes per chunk (16 for AVX-512, 8 otherwise)
+  int width = 8;                    // lanes per chunk: 16 for AVX-512, 8 otherwise (set from isa)
   int isa = 0;                      // the build that applies it (shift_isa())
   std::vector<Chunk> chunks;
   std::vector<Term> terms;
