@@ -3,6 +3,7 @@ split it exactly, and a malformed value is a clear error."""
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,15 @@ TARGET = str(HERE / "test_package.py")
 
 
 def _collect(shard: str | None) -> subprocess.CompletedProcess:
+    # Run from an empty folder, as the suite itself runs: from the checkout, Python would import
+    # the source folder's translution_ext instead of the installed one.
     unset = ("TRANSLUTION_EXT_SHARD", "TRANSLUTION_EXT_MIN_TESTS", "CI")
     env = {k: v for k, v in os.environ.items() if k not in unset}
     if shard is not None:
         env["TRANSLUTION_EXT_SHARD"] = shard
-    return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", TARGET],
-                          capture_output=True, text=True, env=env, cwd=HERE.parent)
+    with tempfile.TemporaryDirectory() as empty:
+        return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", TARGET],
+                              capture_output=True, text=True, env=env, cwd=empty)
 
 
 def _ids(run: subprocess.CompletedProcess) -> list[str]:
