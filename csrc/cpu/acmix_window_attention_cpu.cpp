@@ -19,6 +19,18 @@ namespace translution_ext {
 
 namespace {
 
+// Asks for the cache lines of [p, p + bytes) to be brought into L2 (for writing: `write`), so
+// that a map read or written a stage later does not wait on memory.
+inline void prefetch_map(const void* p, int64_t bytes, bool write = false) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t at = 0; at < bytes; at += 64) {
+    if (write)
+      __builtin_prefetch(c + at, 1, 2);
+    else
+      __builtin_prefetch(c + at, 0, 2);
+  }
+}
+
 struct Plane {  // one thread's working maps for one plane at a time, zeroed once (see LayoutMaps)
   at::Tensor qs, ws, ms;  // query side: q (or dO) (hd, ...); a (U, ...); output (or dq) (hd, ...)
   at::Tensor dls;         // query side (U, ...): dlogit

@@ -66,22 +66,4 @@ struct LayoutMaps {
   }
 };
 
-// Asks for the cache lines of [p, p + bytes) to be brought into L2 (for writing: `write`), so
-// that a map read or written a stage later does not wait on memory.
-inline void prefetch_map(const void* p, int64_t bytes, bool write = false) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t at = 0; at < bytes; at += 64) {
-    if (write)
-      __builtin_prefetch(c + at, 1, 2);
-    else
-      __builtin_prefetch(c + at, 0, 2);
-  }
-}
-
-// apply_row_map with nothing subtracted.
-template <typename S, typename T>
-inline void apply_row_map(const RowMap& map, int64_t channels, const S* src, T* dst) {
-  apply_row_map<S, T>(map, channels, src, static_cast<const S*>(nullptr), dst);
-}
-
 }  // namespace translution_ext

@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "acmix_window_shifts.h"
 #include "x86_builds.h"
 
 #if TRANSLUTION_EXT_X86_BUILDS
@@ -25,7 +24,7 @@ RowMap make_row_map(const std::vector<std::pair<int64_t, int64_t>>& columns, int
                     int64_t src_channel, int isa) {
   RowMap m;
   m.isa = isa;
-  m.width = isa == kIsaAvx512 ? 16 : 8;
+  const int width = m.width();
   m.dst_channel = dst_channel;
   m.src_channel = src_channel;
   auto cols = columns;
@@ -38,22 +37,22 @@ RowMap make_row_map(const std::vector<std::pair<int64_t, int64_t>>& columns, int
   while (dst_len > 0 ? d0 < dst_len : i < cols.size()) {
     if (dst_len == 0) d0 = cols[i].first;  // chunks start where the written columns do
     std::vector<std::pair<int, int64_t>> pending;  // (lane, source column), in the order listed
-    for (; i < cols.size() && cols[i].first < d0 + m.width; ++i)
+    for (; i < cols.size() && cols[i].first < d0 + width; ++i)
       pending.emplace_back(static_cast<int>(cols[i].first - d0), cols[i].second);
     RowMap::Chunk chunk{d0, 0, static_cast<int64_t>(m.terms.size()), 0};
     if (dst_len > 0)  // every column of the row is written, zero where no term adds to it
-      chunk.store_mask = static_cast<uint32_t>((uint64_t(1) << std::min<int64_t>(m.width, dst_len - d0)) - 1);
+      chunk.store_mask = static_cast<uint32_t>((uint64_t(1) << std::min<int64_t>(width, dst_len - d0)) - 1);
     while (!pending.empty()) {
       // One term: a vector load from the smallest source column left; each lane takes the first
       // of its pairs that the vector holds, and later terms the others.
       RowMap::Term t{};
       t.src = pending.front().second;
       for (const auto& p : pending) t.src = std::min(t.src, p.second);
-      for (int k = 0; k < m.width; ++k)
+      for (int k = 0; k < width; ++k)
         if (t.src + k < src_len) t.load_mask |= 1u << k;
       std::vector<std::pair<int, int64_t>> rest;
       for (const auto& [lane, s] : pending) {
-        if (s < t.src + m.width && !(t.lanes >> lane & 1u)) {
+        if (s < t.src + width && !(t.lanes >> lane & 1u)) {
           t.lanes |= 1u << lane;
           t.idx[lane] = static_cast<int32_t>(s - t.src);
         } else {
@@ -66,7 +65,7 @@ RowMap make_row_map(const std::vector<std::pair<int64_t, int64_t>>& columns, int
     }
     chunk.end_term = static_cast<int64_t>(m.terms.size());
     m.chunks.push_back(chunk);
-    d0 += m.width;
+    d0 += width;
   }
   m.src_begin.push_back(0);
   for (const auto& [dst_row, src_rows] : rows) {
@@ -85,6 +84,7 @@ template <typename S, typename T>
 void apply_portable(const RowMap& m, int64_t channels, const S* src, const S* sub, T* dst) {
   using A = std::conditional_t<std::is_same_v<S, double> || std::is_same_v<T, double>, double, float>;
   const int64_t nrows = static_cast<int64_t>(m.dst_rows.size());
+  const int width = m.width();
   for (int64_t c = 0; c < channels; ++c)
     for (int64_t i = 0; i < nrows; ++i) {
       T* drow = dst + c * m.dst_channel + m.dst_rows[i];
@@ -94,14 +94,14 @@ void apply_portable(const RowMap& m, int64_t channels, const S* src, const S* su
           const int64_t at = c * m.src_channel + m.src_rows[j];
           for (int64_t t = ch.first_term; t < ch.end_term; ++t) {
             const RowMap::Term& term = m.terms[t];
-            for (int k = 0; k < m.width; ++k)
+            for (int k = 0; k < width; ++k)
               if (term.lanes >> k & 1u) {
                 const int64_t s = at + term.src + term.idx[k];
                 acc[k] += sub ? A(src[s]) - A(sub[s]) : A(src[s]);
               }
           }
         }
-        for (int k = 0; k < m.width; ++k)
+        for (int k = 0; k < width; ++k)
           if (ch.store_mask >> k & 1u) drow[ch.dst + k] = static_cast<T>(acc[k]);
       }
     }

@@ -15,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include "acmix_window_shifts.h"
+
 namespace translution_ext {
 
 constexpr int kRowMapMaxWidth = 16;
@@ -30,8 +32,8 @@ struct RowMap {
     uint32_t store_mask;            // the lanes some term writes
     int64_t first_term, end_term;   // its terms: terms[first_term, end_term)
   };
-  int width = 8;                    // lanes per chunk: 16 for AVX-512, 8 otherwise (set from isa)
   int isa = 0;                      // the build that applies it (shift_isa())
+  int width() const { return isa == kIsaAvx512 ? 16 : 8; }  // lanes per chunk: one vector of the build
   std::vector<Chunk> chunks;
   std::vector<Term> terms;
   std::vector<int64_t> dst_rows;             // per destination row of one channel: its offset
@@ -53,5 +55,11 @@ RowMap make_row_map(const std::vector<std::pair<int64_t, int64_t>>& columns, int
 // subtracted from every loaded value.
 template <typename S, typename T>
 void apply_row_map(const RowMap& map, int64_t channels, const S* src, const S* sub, T* dst);
+
+// The same with nothing subtracted.
+template <typename S, typename T>
+inline void apply_row_map(const RowMap& map, int64_t channels, const S* src, T* dst) {
+  apply_row_map<S, T>(map, channels, src, static_cast<const S*>(nullptr), dst);
+}
 
 }  // namespace translution_ext
